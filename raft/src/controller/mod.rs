@@ -1,0 +1,361 @@
+//! The controller: turns a request and the current image into records and an answer.
+//!
+//! This module owns the metadata rules (topic naming, partition counts, replica placement,
+//! config changes, broker registration, producer-id blocks). It is pure: [`handle`] reads a
+//! [`MetadataImage`], a [`ControllerConfig`] and a [`ControllerContext`] (the only source
+//! of time, fresh uuids and randomness) and returns records plus the response; it never
+//! does I/O, reads a clock or mutates the image. The quorum module decides when records are
+//! proposed and when the caller is answered.
+//!
+//! The error texts follow Apache Kafka's where Kafka has one, because tools print them.
+
+mod brokers;
+mod configs;
+mod placement;
+mod topics;
+
+pub use topics::validate_topic_name;
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::image::MetadataImage;
+use crate::records::BrokerEndpoint;
+use crate::records::ConfigResource;
+use crate::records::MetadataRecord;
+
+/// Partitions of a new topic that asks for the default (-1).
+pub const DEFAULT_NUM_PARTITIONS: i32 = 1;
+/// Replication factor of a new topic that asks for the default (-1).
+pub const DEFAULT_REPLICATION_FACTOR: i16 = 1;
+/// Producer ids handed to a broker per AllocateProducerIds (Kafka's block size).
+pub const DEFAULT_PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+/// Most partitions one CreateTopics or CreatePartitions request may create (Kafka's
+/// `MAX_PARTITIONS_PER_BATCH`).
+pub const DEFAULT_MAX_PARTITIONS_PER_REQUEST: i32 = 10_000;
+/// Longest topic name Kafka accepts, in characters.
+pub const MAX_TOPIC_NAME_CHARS: usize = 249;
+/// How many fresh uuids the controller draws before giving up on finding an unused topic id.
+pub const MAX_TOPIC_ID_ATTEMPTS: usize = 16;
+
+/// The controller's tunables; `Default` gives Kafka's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    pub default_num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub producer_id_block_size: i64,
+    /// Most partitions one CreateTopics/CreatePartitions request may create; more is a
+    /// POLICY_VIOLATION for every topic of the request.
+    pub max_partitions_per_request: i32,
+    /// Whether a broker is unfenced as soon as it registers. True while keel runs without
+    /// broker heartbeats (single node); the multi-node quorum registers brokers fenced and
+    /// unfences them once they caught up.
+    pub register_brokers_unfenced: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            default_num_partitions: DEFAULT_NUM_PARTITIONS,
+            default_replication_factor: DEFAULT_REPLICATION_FACTOR,
+            producer_id_block_size: DEFAULT_PRODUCER_ID_BLOCK_SIZE,
+            max_partitions_per_request: DEFAULT_MAX_PARTITIONS_PER_REQUEST,
+            register_brokers_unfenced: true,
+        }
+    }
+}
+
+/// Everything non-deterministic the controller may use, supplied by its caller so that the
+/// controller itself stays a pure function (tests pass fixed values).
+pub struct ControllerContext<'a> {
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// A fresh random uuid per call.
+    pub new_uuid: &'a mut dyn FnMut() -> Uuid,
+    /// A uniform random number in `[0, n)` for `n > 0` (used to pick a placement start).
+    pub random: &'a mut dyn FnMut(u64) -> u64,
+}
+
+impl ControllerContext<'_> {
+    /// A uniform index in `[0, n)`, robust to a `random` that returns out-of-range values.
+    fn random_index(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let r = (self.random)(n as u64) % (n as u64);
+        usize::try_from(r).unwrap_or(0)
+    }
+}
+
+/// A request to the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerRequest {
+    /// A broker starts: it is (re-)registered and gets a broker epoch.
+    RegisterBroker {
+        broker_id: i32,
+        incarnation_id: Uuid,
+        endpoints: Vec<BrokerEndpoint>,
+        rack: Option<String>,
+    },
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        topics: Vec<TopicRef>,
+    },
+    CreatePartitions {
+        topics: Vec<NewPartitions>,
+        validate_only: bool,
+    },
+    IncrementalAlterConfigs {
+        resources: Vec<AlterConfigsResource>,
+        validate_only: bool,
+    },
+    /// Legacy AlterConfigs: each resource's override set is replaced by the given one.
+    AlterConfigs {
+        resources: Vec<(ConfigResource, Vec<(String, String)>)>,
+        validate_only: bool,
+    },
+    AllocateProducerIds {
+        broker_id: i32,
+        broker_epoch: i64,
+    },
+}
+
+impl ControllerRequest {
+    /// The request's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControllerRequest::RegisterBroker { .. } => "RegisterBroker",
+            ControllerRequest::CreateTopics { .. } => "CreateTopics",
+            ControllerRequest::DeleteTopics { .. } => "DeleteTopics",
+            ControllerRequest::CreatePartitions { .. } => "CreatePartitions",
+            ControllerRequest::IncrementalAlterConfigs { .. } => "IncrementalAlterConfigs",
+            ControllerRequest::AlterConfigs { .. } => "AlterConfigs",
+            ControllerRequest::AllocateProducerIds { .. } => "AllocateProducerIds",
+        }
+    }
+}
+
+/// One topic of a CreateTopics request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopic {
+    pub name: String,
+    /// -1 = the default.
+    pub num_partitions: i32,
+    /// -1 = the default.
+    pub replication_factor: i16,
+    /// Manual placement: partition -> replicas (first = preferred leader). Empty = place
+    /// automatically.
+    pub assignments: BTreeMap<i32, Vec<i32>>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A topic named in a DeleteTopics request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicRef {
+    Name(String),
+    Id(Uuid),
+}
+
+/// One topic of a CreatePartitions request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPartitions {
+    pub name: String,
+    /// The new total partition count.
+    pub count: i32,
+    /// Replicas of each new partition, in partition order; `None` = place automatically.
+    pub assignments: Option<Vec<Vec<i32>>>,
+}
+
+/// The operations on one resource of an IncrementalAlterConfigs request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterConfigsResource {
+    pub resource: ConfigResource,
+    pub ops: Vec<AlterConfigOp>,
+}
+
+/// One config operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterConfigOp {
+    pub name: String,
+    pub op: AlterOp,
+    /// Required for Set, Append and Subtract; ignored for Delete.
+    pub value: Option<String>,
+}
+
+/// Kind of an incremental config operation (Kafka's `AlterConfigOp.OpType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlterOp {
+    Set,
+    Delete,
+    /// Add items to a list config (those not already present).
+    Append,
+    /// Remove items from a list config.
+    Subtract,
+}
+
+/// The controller's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerResponse {
+    RegisterBroker(Result<i64, ControllerError>),
+    CreateTopics(Vec<CreateTopicResult>),
+    DeleteTopics(Vec<DeleteTopicResult>),
+    CreatePartitions(Vec<(String, Result<(), ControllerError>)>),
+    AlterConfigs(Vec<(ConfigResource, Result<(), ControllerError>)>),
+    AllocateProducerIds(Result<ProducerIdBlock, ControllerError>),
+}
+
+/// The outcome for one topic of a CreateTopics request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateTopicResult {
+    pub name: String,
+    pub result: Result<CreatedTopic, ControllerError>,
+}
+
+/// A topic that was (or, with validate_only, would be) created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedTopic {
+    pub topic_id: Uuid,
+    pub num_partitions: i32,
+    pub replication_factor: i16,
+    /// The topic's config overrides (what the request set); defaults are not included.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The outcome for one topic of a DeleteTopics request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteTopicResult {
+    /// The topic's name, if the request named it or the topic exists.
+    pub name: Option<String>,
+    /// The topic's id, if the request gave it or the topic exists.
+    pub topic_id: Option<Uuid>,
+    pub result: Result<(), ControllerError>,
+}
+
+/// A block of producer ids: `[first_producer_id, first_producer_id + size)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdBlock {
+    pub first_producer_id: i64,
+    pub size: i64,
+}
+
+/// Why the controller refused (part of) a request. Each variant maps to the Kafka error
+/// code of the same name; `Display` is the message for the client (as Kafka's
+/// `error_message`), naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{0}")]
+    TopicAlreadyExists(String),
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("{0}")]
+    UnknownTopicOrPartition(String),
+    #[error("Topic id {0} does not exist.")]
+    UnknownTopicId(Uuid),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    BrokerNotAvailable(String),
+    #[error("{0}")]
+    StaleBrokerEpoch(String),
+    #[error("{0}")]
+    PolicyViolation(String),
+    /// The producer id space is used up (Kafka answers UNKNOWN_SERVER_ERROR).
+    #[error("{0}")]
+    ProducerIdsExhausted(String),
+    /// The controller could not do something it should always be able to do (Kafka's
+    /// UNKNOWN_SERVER_ERROR), e.g. the uuid source kept returning ids in use.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Handles one request against `image`: returns the records that carry it out (to be
+/// written to the log as ONE entry, in order) and the answer for the caller.
+///
+/// The image is not changed; records are the only output that changes state. A request
+/// that fails entirely, or is `validate_only`, returns no records. Never panics.
+pub fn handle(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    ctx: &mut ControllerContext<'_>,
+    req: ControllerRequest,
+) -> (Vec<MetadataRecord>, ControllerResponse) {
+    match req {
+        ControllerRequest::RegisterBroker {
+            broker_id,
+            incarnation_id,
+            endpoints,
+            rack,
+        } => {
+            let (records, result) =
+                brokers::register(image, config, broker_id, incarnation_id, endpoints, rack);
+            (records, ControllerResponse::RegisterBroker(result))
+        }
+        ControllerRequest::CreateTopics {
+            topics,
+            validate_only,
+        } => {
+            let (records, results) = topics::create_topics(image, config, ctx, topics);
+            (
+                if validate_only { Vec::new() } else { records },
+                ControllerResponse::CreateTopics(results),
+            )
+        }
+        ControllerRequest::DeleteTopics { topics } => {
+            let (records, results) = topics::delete_topics(image, topics);
+            (records, ControllerResponse::DeleteTopics(results))
+        }
+        ControllerRequest::CreatePartitions {
+            topics,
+            validate_only,
+        } => {
+            let (records, results) = topics::create_partitions(image, config, ctx, topics);
+            (
+                if validate_only { Vec::new() } else { records },
+                ControllerResponse::CreatePartitions(results),
+            )
+        }
+        ControllerRequest::IncrementalAlterConfigs {
+            resources,
+            validate_only,
+        } => {
+            let (records, results) = configs::incremental_alter(image, resources);
+            (
+                if validate_only { Vec::new() } else { records },
+                ControllerResponse::AlterConfigs(results),
+            )
+        }
+        ControllerRequest::AlterConfigs {
+            resources,
+            validate_only,
+        } => {
+            let (records, results) = configs::legacy_alter(image, resources);
+            (
+                if validate_only { Vec::new() } else { records },
+                ControllerResponse::AlterConfigs(results),
+            )
+        }
+        ControllerRequest::AllocateProducerIds {
+            broker_id,
+            broker_epoch,
+        } => {
+            let (records, result) =
+                brokers::allocate_producer_ids(image, config, broker_id, broker_epoch);
+            (records, ControllerResponse::AllocateProducerIds(result))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
