@@ -1,1 +1,213 @@
-fn main() {}
+//! The `keel` command: `keel server` runs a node; `keel topics …` administers one.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use keel::cli::topics::{self, TopicsCommand};
+use keel::config::{BrokerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN_ADDR, DEFAULT_NODE_ID};
+
+/// Environment variable holding the log filter (tracing's EnvFilter syntax).
+const LOG_ENV: &str = "KEEL_LOG";
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "A Kafka-compatible streaming broker with a Raft metadata quorum"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (by default one combined broker + controller, data in ./data,
+    /// clients on 127.0.0.1:9092).
+    Server(ServerArgs),
+    /// Create, list, describe, delete and alter topics of a running cluster.
+    Topics(TopicsArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Directory holding this node's logs and metadata.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Address to accept Kafka clients on.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN_ADDR)]
+    listen: String,
+    /// Address clients are told to connect to (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// TOML file of broker configs under their Kafka names.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A broker or topic-default config under its Kafka name; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// This node's id (also settable as node.id).
+    #[arg(long, value_name = "N")]
+    node_id: Option<i32>,
+}
+
+#[derive(Args)]
+struct TopicsArgs {
+    /// A broker of the cluster.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN_ADDR, global = true)]
+    bootstrap_server: String,
+    #[command(subcommand)]
+    action: TopicsAction,
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create a topic.
+    Create {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partitions: Option<i32>,
+        #[arg(long)]
+        replication_factor: Option<i16>,
+        /// A topic config KEY=VALUE; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topic names.
+    List,
+    /// Describe a topic's partitions and config overrides (all topics without --topic).
+    Describe {
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Delete a topic.
+    Delete {
+        #[arg(long)]
+        topic: String,
+    },
+    /// Add partitions or change configs.
+    Alter {
+        #[arg(long)]
+        topic: String,
+        /// New total partition count.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// A topic config to set, KEY=VALUE; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// A topic config override to remove; repeatable.
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+    },
+}
+
+fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("{flag} {text}: {e} (expected HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {text}: resolves to no address"))
+}
+
+fn parse_advertise(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--advertise {text}: expected HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("--advertise {text}: `{port}` is not a port"))?;
+    if host.is_empty() {
+        return Err(format!("--advertise {text}: empty host"));
+    }
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port,
+    ))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn server_config(args: ServerArgs) -> Result<BrokerConfig, String> {
+    let listen = parse_addr("--listen", &args.listen)?;
+    let advertise = args.advertise.as_deref().map(parse_advertise).transpose()?;
+    let mut sets = args.sets;
+    if let Some(id) = args.node_id {
+        sets.push(format!("node.id={id}"));
+    }
+    let _ = DEFAULT_NODE_ID;
+    BrokerConfig::build(
+        args.config.as_deref(),
+        &sets,
+        args.data_dir,
+        listen,
+        advertise,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Server(args) => match server_config(args) {
+            Ok(config) => runtime.block_on(keel::server::run(config)),
+            Err(e) => Err(anyhow::Error::msg(e)),
+        },
+        Command::Topics(args) => {
+            let cmd = match args.action {
+                TopicsAction::Create {
+                    topic,
+                    partitions,
+                    replication_factor,
+                    configs,
+                } => TopicsCommand::Create {
+                    topic,
+                    partitions,
+                    replication_factor,
+                    configs,
+                },
+                TopicsAction::List => TopicsCommand::List,
+                TopicsAction::Describe { topic } => TopicsCommand::Describe { topic },
+                TopicsAction::Delete { topic } => TopicsCommand::Delete { topic },
+                TopicsAction::Alter {
+                    topic,
+                    partitions,
+                    configs,
+                    delete_configs,
+                } => TopicsCommand::Alter {
+                    topic,
+                    partitions,
+                    configs,
+                    delete_configs,
+                },
+            };
+            runtime.block_on(topics::run(&args.bootstrap_server, cmd))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

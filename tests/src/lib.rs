@@ -1,0 +1,8 @@
+//! keel's black-box test kit: start real `keel` processes, drive real clients
+//! (kcat, confluent-kafka for Python) against them as subprocesses, and read the
+//! results back. Nothing here reaches into the broker's memory.
+
+pub mod clients;
+pub mod node;
+
+pub use node::KeelNode;

@@ -1,0 +1,304 @@
+//! Incremental fetch sessions (KIP-227): the broker remembers what a client fetches,
+//! so later requests carry only the changes and responses only partitions with news.
+//!
+//! Request `(session_id, epoch)`: `(0, -1)` is a sessionless full fetch; `(0, 0)`
+//! opens a session; `(S, -1)` closes S; `(S, 0)` closes S and opens a new one;
+//! `(S, E>0)` is an incremental fetch that must carry S's next epoch.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+/// Session epoch meaning "full fetch, no session".
+pub const FINAL_EPOCH: i32 = -1;
+/// Session epoch that opens a new session.
+pub const INITIAL_EPOCH: i32 = 0;
+/// A session unused this long may be evicted to make room.
+pub const SESSION_IDLE_EVICTION: Duration = Duration::from_secs(120);
+
+/// How a fetch request names its topics: by name before v13, by id from v13.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TopicKey {
+    /// By name.
+    Name(String),
+    /// By topic id.
+    Id(Uuid),
+}
+
+/// What the session remembers of one partition.
+#[derive(Clone, Debug)]
+pub struct SessionPartition {
+    /// Topic as the client names it.
+    pub topic: TopicKey,
+    /// Partition index.
+    pub partition: i32,
+    /// Next offset the client wants.
+    pub fetch_offset: i64,
+    /// Byte limit for this partition.
+    pub max_bytes: i32,
+    /// Leader epoch the client believes current (-1: unknown).
+    pub current_leader_epoch: i32,
+    /// High watermark last sent (-1: never sent).
+    pub last_high_watermark: i64,
+    /// Log start offset last sent.
+    pub last_log_start_offset: i64,
+}
+
+struct Session {
+    next_epoch: i32,
+    partitions: Vec<SessionPartition>,
+    last_used: Instant,
+}
+
+/// A session's outcome for one request.
+pub enum SessionUse {
+    /// Full fetch; answer every requested partition. `session_id` is 0 when no
+    /// session was opened.
+    Full { session_id: i32 },
+    /// Incremental fetch over these partitions; answer only those with news.
+    Incremental {
+        session_id: i32,
+        partitions: Vec<SessionPartition>,
+    },
+    /// The request's session is unknown or its epoch wrong.
+    Error(ResponseError),
+}
+
+/// The broker's fetch sessions, bounded by `max.incremental.fetch.session.cache.slots`.
+pub struct FetchSessionCache {
+    max_slots: usize,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    sessions: HashMap<i32, Session>,
+    next_id: i32,
+}
+
+impl FetchSessionCache {
+    /// An empty cache with room for `max_slots` sessions.
+    pub fn new(max_slots: usize) -> Self {
+        FetchSessionCache {
+            max_slots,
+            inner: Mutex::new(Inner {
+                sessions: HashMap::new(),
+                next_id: 1,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a request's session fields. `requested` are the partitions in the
+    /// request (adds and updates for an incremental fetch), `forgotten` are removed.
+    pub fn begin(
+        &self,
+        session_id: i32,
+        epoch: i32,
+        requested: Vec<SessionPartition>,
+        forgotten: &[(TopicKey, i32)],
+    ) -> SessionUse {
+        let mut inner = self.lock();
+        if epoch == FINAL_EPOCH || epoch == INITIAL_EPOCH {
+            if session_id != 0 {
+                inner.sessions.remove(&session_id);
+            }
+            if epoch == FINAL_EPOCH {
+                return SessionUse::Full { session_id: 0 };
+            }
+            let Some(id) = self.allocate(&mut inner) else {
+                return SessionUse::Full { session_id: 0 };
+            };
+            inner.sessions.insert(
+                id,
+                Session {
+                    next_epoch: 1,
+                    partitions: requested,
+                    last_used: Instant::now(),
+                },
+            );
+            return SessionUse::Full { session_id: id };
+        }
+        let Some(session) = inner.sessions.get_mut(&session_id) else {
+            return SessionUse::Error(ResponseError::FetchSessionIdNotFound);
+        };
+        if session.next_epoch != epoch {
+            return SessionUse::Error(ResponseError::InvalidFetchSessionEpoch);
+        }
+        session.next_epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
+        session.last_used = Instant::now();
+        session.partitions.retain(|p| {
+            !forgotten
+                .iter()
+                .any(|(t, i)| *t == p.topic && *i == p.partition)
+        });
+        for r in requested {
+            match session
+                .partitions
+                .iter_mut()
+                .find(|p| p.topic == r.topic && p.partition == r.partition)
+            {
+                Some(p) => {
+                    p.fetch_offset = r.fetch_offset;
+                    p.max_bytes = r.max_bytes;
+                    p.current_leader_epoch = r.current_leader_epoch;
+                }
+                None => session.partitions.push(r),
+            }
+        }
+        SessionUse::Incremental {
+            session_id,
+            partitions: session.partitions.clone(),
+        }
+    }
+
+    /// Records what a response told the client, so the next incremental fetch
+    /// reports only changes.
+    pub fn record_sent(&self, session_id: i32, sent: &[(TopicKey, i32, i64, i64)]) {
+        if session_id == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(&session_id) else {
+            return;
+        };
+        for (topic, partition, hw, log_start) in sent {
+            if let Some(p) = session
+                .partitions
+                .iter_mut()
+                .find(|p| p.topic == *topic && p.partition == *partition)
+            {
+                p.last_high_watermark = *hw;
+                p.last_log_start_offset = *log_start;
+            }
+        }
+    }
+
+    /// Number of open sessions.
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn allocate(&self, inner: &mut Inner) -> Option<i32> {
+        if self.max_slots == 0 {
+            return None;
+        }
+        if inner.sessions.len() >= self.max_slots {
+            let oldest = inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.last_used.elapsed() >= SESSION_IDLE_EVICTION)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| *id)?;
+            inner.sessions.remove(&oldest);
+        }
+        loop {
+            let id = inner.next_id;
+            inner.next_id = if inner.next_id == i32::MAX {
+                1
+            } else {
+                inner.next_id + 1
+            };
+            if !inner.sessions.contains_key(&id) {
+                return Some(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(topic: &str, p: i32, offset: i64) -> SessionPartition {
+        SessionPartition {
+            topic: TopicKey::Name(topic.into()),
+            partition: p,
+            fetch_offset: offset,
+            max_bytes: 1024,
+            current_leader_epoch: -1,
+            last_high_watermark: -1,
+            last_log_start_offset: -1,
+        }
+    }
+
+    #[test]
+    fn a_session_opens_then_serves_incremental_fetches_in_epoch_order() {
+        let cache = FetchSessionCache::new(10);
+        let SessionUse::Full { session_id } =
+            cache.begin(0, 0, vec![part("a", 0, 0), part("a", 1, 0)], &[])
+        else {
+            panic!("expected a full fetch")
+        };
+        assert_ne!(session_id, 0);
+        // Epoch 1 adds nothing: both partitions still in the session.
+        match cache.begin(session_id, 1, vec![], &[]) {
+            SessionUse::Incremental { partitions, .. } => assert_eq!(partitions.len(), 2),
+            _ => panic!("expected incremental"),
+        }
+        // Epoch 2 updates one offset and forgets the other.
+        match cache.begin(
+            session_id,
+            2,
+            vec![part("a", 0, 5)],
+            &[(TopicKey::Name("a".into()), 1)],
+        ) {
+            SessionUse::Incremental { partitions, .. } => {
+                assert_eq!(partitions.len(), 1);
+                assert_eq!(partitions[0].fetch_offset, 5);
+            }
+            _ => panic!("expected incremental"),
+        }
+        // Replaying epoch 2 is refused.
+        assert!(matches!(
+            cache.begin(session_id, 2, vec![], &[]),
+            SessionUse::Error(ResponseError::InvalidFetchSessionEpoch)
+        ));
+    }
+
+    #[test]
+    fn unknown_session_and_final_epoch() {
+        let cache = FetchSessionCache::new(10);
+        assert!(matches!(
+            cache.begin(42, 1, vec![], &[]),
+            SessionUse::Error(ResponseError::FetchSessionIdNotFound)
+        ));
+        assert!(matches!(
+            cache.begin(0, -1, vec![], &[]),
+            SessionUse::Full { session_id: 0 }
+        ));
+        let SessionUse::Full { session_id } = cache.begin(0, 0, vec![], &[]) else {
+            panic!()
+        };
+        // Closing it.
+        assert!(matches!(
+            cache.begin(session_id, -1, vec![], &[]),
+            SessionUse::Full { session_id: 0 }
+        ));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_full_cache_opens_no_session_rather_than_evicting_a_busy_one() {
+        let cache = FetchSessionCache::new(1);
+        assert!(matches!(
+            cache.begin(0, 0, vec![], &[]),
+            SessionUse::Full { session_id: 1 }
+        ));
+        assert!(matches!(
+            cache.begin(0, 0, vec![], &[]),
+            SessionUse::Full { session_id: 0 }
+        ));
+        assert_eq!(cache.len(), 1);
+    }
+}

@@ -1,0 +1,157 @@
+//! Produce (0): append record batches to partition logs.
+//!
+//! The path: decode (batches stay bytes) → per partition, validate and append under
+//! the partition lock, in request order (`Partition::append_as_leader` →
+//! `keel_storage::Log::append_as_leader`) → for acks=all, wait for the group commit
+//! that makes the batch durable → answer. Records are never decoded individually.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::ResponseError;
+use keel_storage::LeaderAppend;
+
+use super::{encode, sb, Pending, Reply};
+use crate::broker::Broker;
+use crate::errors;
+use crate::protocol::RequestContext;
+use crate::replication::manager::now_ms;
+use crate::replication::Partition;
+
+/// Versions served. v0–v2 (magic 0/1 message sets) are not.
+pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 11 };
+
+/// acks=all: wait for every in-sync replica.
+const ACKS_ALL: i16 = -1;
+/// acks=0: no response at all.
+const ACKS_NONE: i16 = 0;
+/// acks=1: the leader's append.
+const ACKS_LEADER: i16 = 1;
+
+struct Waiter {
+    topic: usize,
+    partition: usize,
+    replica: Arc<Partition>,
+    end_offset: i64,
+}
+
+/// Appends in request order now; returns the future that waits for acknowledgement.
+pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> Pending {
+    let acks = req.acks;
+    let timeout =
+        Duration::from_millis(req.timeout_ms.max(0) as u64).min(broker.config.request_timeout_max);
+    let image = broker.image();
+    let node = broker.config.node_id;
+    let now = now_ms();
+    let mut waiters = Vec::new();
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    for (ti, topic) in req.topic_data.into_iter().enumerate() {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for (pi, data) in topic.partition_data.into_iter().enumerate() {
+            let mut resp = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_base_offset(-1);
+            let fail =
+                |resp: PartitionProduceResponse, e: ResponseError| resp.with_error_code(e.code());
+            if ![ACKS_ALL, ACKS_NONE, ACKS_LEADER].contains(&acks) {
+                partitions.push(fail(resp, ResponseError::InvalidRequiredAcks));
+                continue;
+            }
+            let meta = image
+                .topic_by_name(&name)
+                .and_then(|t| t.partitions.get(&data.index));
+            let Some(meta) = meta else {
+                let err = if errors::valid_topic_name(&name) {
+                    ResponseError::UnknownTopicOrPartition
+                } else {
+                    ResponseError::InvalidTopicException
+                };
+                partitions.push(fail(resp, err));
+                continue;
+            };
+            let replica = broker.replicas.get_by_name(&name, data.index);
+            let Some(replica) = replica.filter(|_| meta.leader == node) else {
+                let hint = LeaderIdAndEpoch::default()
+                    .with_leader_id(meta.leader.into())
+                    .with_leader_epoch(meta.leader_epoch);
+                partitions
+                    .push(fail(resp, ResponseError::NotLeaderOrFollower).with_current_leader(hint));
+                continue;
+            };
+            let Some(records) = data.records.filter(|r| !r.is_empty()) else {
+                partitions.push(
+                    fail(resp, ResponseError::CorruptMessage)
+                        .with_error_message(Some(sb("no record batches"))),
+                );
+                continue;
+            };
+            // The batches are patched in place (offsets, leader epoch), so they need a
+            // buffer of their own: one copy, no per-record work.
+            let mut batches = records.to_vec();
+            match replica.append_as_leader(&mut batches, now) {
+                Ok(LeaderAppend::Appended(info)) | Ok(LeaderAppend::Duplicate(info)) => {
+                    resp = resp
+                        .with_base_offset(info.base_offset)
+                        .with_log_append_time_ms(info.log_append_time_ms)
+                        .with_log_start_offset(info.log_start_offset);
+                    if acks == ACKS_ALL {
+                        waiters.push(Waiter {
+                            topic: ti,
+                            partition: pi,
+                            replica,
+                            end_offset: info.last_offset + 1,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let (code, message) = errors::append_error(&e);
+                    tracing::debug!(topic = %name, partition = data.index, "produce rejected: {e}");
+                    resp = resp
+                        .with_error_code(code.code())
+                        .with_error_message(Some(sb(message)));
+                }
+            }
+            partitions.push(resp);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    if acks == ACKS_NONE {
+        // No response is sent; on an error Kafka closes the connection so the client
+        // refreshes its metadata.
+        let failed = responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .any(|p| p.error_code != 0);
+        return Box::pin(async move {
+            if failed {
+                Reply::Close
+            } else {
+                Reply::None
+            }
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    Box::pin(async move {
+        for w in waiters {
+            if !w.replica.wait_acknowledgeable(w.end_offset, deadline).await {
+                let resp = &mut responses[w.topic].partition_responses[w.partition];
+                resp.error_code = if w.replica.is_stopped() {
+                    ResponseError::NotLeaderOrFollower.code()
+                } else {
+                    ResponseError::RequestTimedOut.code()
+                };
+            }
+        }
+        encode(&ctx, &ProduceResponse::default().with_responses(responses))
+    })
+}

@@ -1,0 +1,113 @@
+//! The broker's shared state: what every request handler can reach.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_raft::controller::{ControllerRequest, ControllerResponse};
+use keel_raft::image::MetadataImage;
+use keel_raft::quorum::{MetadataQuorum, QuorumError};
+use tokio::sync::watch;
+
+use crate::api::fetch_session::FetchSessionCache;
+use crate::config::BrokerConfig;
+use crate::replication::ReplicaManager;
+use crate::txn::producer_ids::ProducerIdAllocator;
+
+/// How long a handler waits for its own metadata change to reach the replica manager.
+pub const METADATA_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request handler needs.
+pub struct Broker {
+    /// Effective configuration.
+    pub config: BrokerConfig,
+    /// Cluster id from `meta.properties`.
+    pub cluster_id: String,
+    /// The metadata quorum.
+    pub quorum: MetadataQuorum,
+    image: watch::Receiver<Arc<MetadataImage>>,
+    /// Hosted partitions.
+    pub replicas: Arc<ReplicaManager>,
+    /// Incremental fetch sessions.
+    pub fetch_sessions: FetchSessionCache,
+    /// Producer ids for InitProducerId.
+    pub producer_ids: ProducerIdAllocator,
+    broker_epoch: AtomicI64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Broker {
+    /// Assembles the broker state.
+    pub fn new(
+        config: BrokerConfig,
+        cluster_id: String,
+        quorum: MetadataQuorum,
+        replicas: Arc<ReplicaManager>,
+    ) -> Arc<Self> {
+        let image = quorum.image();
+        let slots = config.fetch_session_cache_slots;
+        Arc::new(Broker {
+            config,
+            cluster_id,
+            quorum,
+            image,
+            replicas,
+            fetch_sessions: FetchSessionCache::new(slots),
+            producer_ids: ProducerIdAllocator::default(),
+            broker_epoch: AtomicI64::new(-1),
+            shutdown: watch::Sender::new(false),
+        })
+    }
+
+    /// The latest committed metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    /// Node id of the active controller, -1 if unknown.
+    pub fn controller_id(&self) -> i32 {
+        self.quorum
+            .status()
+            .leader_id
+            .map(|id| id as i32)
+            .unwrap_or(-1)
+    }
+
+    /// This broker's epoch from its registration.
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records the epoch the controller gave this broker's registration.
+    pub fn set_broker_epoch(&self, epoch: i64) {
+        self.broker_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Runs a request through the controller and waits until this broker's replica
+    /// manager has applied the result, so the client's next request sees it.
+    ///
+    /// # Errors
+    /// The quorum could not commit (no controller, timeout, shutting down).
+    pub async fn submit(&self, req: ControllerRequest) -> Result<ControllerResponse, QuorumError> {
+        let resp = self.quorum.submit(req).await?;
+        let index = self.image().last_applied_index;
+        if !self
+            .replicas
+            .wait_applied(index, METADATA_PROPAGATION_TIMEOUT)
+            .await
+        {
+            tracing::warn!(index, "replica manager did not apply metadata in time");
+        }
+        Ok(resp)
+    }
+
+    /// A receiver that changes to `true` when the broker shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells every connection and task to stop.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}

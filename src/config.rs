@@ -1,0 +1,455 @@
+//! The broker's configuration: one struct, every default and limit named here.
+//!
+//! Values come from three layers, later ones winning: the built-in defaults below,
+//! a TOML file (`--config FILE`), and `--set key=value` pairs. Keys are Kafka's own
+//! names (`log.segment.bytes`, `message.max.bytes`, …) so operators can reuse what
+//! they know. Unknown keys and unparsable values are rejected with a message naming
+//! the key, never ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_storage::{LogConfig, TimestampType};
+
+/// Default address clients connect to.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:9092";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default node id of a single combined node.
+pub const DEFAULT_NODE_ID: i32 = 1;
+
+/// How appended data is made durable before it is acknowledged and exposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Group commit: acks=all is answered and the high watermark advances only over
+    /// fsynced bytes. The default.
+    Always,
+    /// Kafka's own behaviour: data is fsynced on segment roll and every
+    /// `log.flush.interval.ms`; the high watermark follows the log end.
+    Interval,
+}
+
+/// One broker key: its name, default, and a one-line description for `DescribeConfigs`.
+pub struct BrokerKey {
+    /// Kafka's name for the key.
+    pub name: &'static str,
+    /// Default value as text.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every broker key keel understands. Topic-level defaults (`log.segment.bytes`, …)
+/// are here under their broker names; the topic names live in `keel_raft::topic_config`.
+pub const BROKER_KEYS: &[BrokerKey] = &[
+    BrokerKey { name: "node.id", default: "1", doc: "This node's id." },
+    BrokerKey { name: "auto.create.topics.enable", default: "true", doc: "Create a topic when a client asks for its metadata and it does not exist." },
+    BrokerKey { name: "num.partitions", default: "1", doc: "Partitions of an auto-created topic or of a CreateTopics without a count." },
+    BrokerKey { name: "default.replication.factor", default: "1", doc: "Replication factor of topics created without one." },
+    BrokerKey { name: "message.max.bytes", default: "1048588", doc: "Largest record batch a topic accepts, unless the topic sets max.message.bytes." },
+    BrokerKey { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame; a larger one closes the connection." },
+    BrokerKey { name: "queued.max.requests.per.connection", default: "100", doc: "Requests of one connection in flight before the broker stops reading from it." },
+    BrokerKey { name: "connections.max.idle.ms", default: "600000", doc: "Idle connections are closed after this long." },
+    BrokerKey { name: "fetch.max.bytes", default: "57671680", doc: "Upper bound on the bytes one Fetch response carries." },
+    BrokerKey { name: "max.incremental.fetch.session.cache.slots", default: "1000", doc: "Incremental fetch sessions kept per broker." },
+    BrokerKey { name: "log.segment.bytes", default: "1073741824", doc: "Default segment.bytes of topics." },
+    BrokerKey { name: "log.roll.ms", default: "604800000", doc: "Default segment.ms of topics." },
+    BrokerKey { name: "log.index.size.max.bytes", default: "10485760", doc: "Default segment.index.bytes of topics." },
+    BrokerKey { name: "log.index.interval.bytes", default: "4096", doc: "Default index.interval.bytes of topics." },
+    BrokerKey { name: "log.retention.ms", default: "604800000", doc: "Default retention.ms of topics." },
+    BrokerKey { name: "log.retention.bytes", default: "-1", doc: "Default retention.bytes of topics." },
+    BrokerKey { name: "log.cleanup.policy", default: "delete", doc: "Default cleanup.policy of topics." },
+    BrokerKey { name: "log.message.timestamp.type", default: "CreateTime", doc: "Default message.timestamp.type of topics." },
+    BrokerKey { name: "min.insync.replicas", default: "1", doc: "Default min.insync.replicas of topics." },
+    BrokerKey { name: "log.retention.check.interval.ms", default: "300000", doc: "How often retention and time-based rolls run." },
+    BrokerKey { name: "log.flush.policy", default: "always", doc: "always: acknowledge acks=all and advance the high watermark only over fsynced bytes (group commit); interval: Kafka's behaviour." },
+    BrokerKey { name: "log.flush.interval.ms", default: "1000", doc: "With log.flush.policy=interval, how often dirty logs are fsynced." },
+    BrokerKey { name: "log.flush.offset.checkpoint.interval.ms", default: "60000", doc: "How often recovery points are written." },
+    BrokerKey { name: "producer.id.expiration.ms", default: "86400000", doc: "Idempotent producer state idle longer than this is dropped." },
+    BrokerKey { name: "request.timeout.max.ms", default: "300000", doc: "Upper bound on the time a request waits (acks=all, long polls)." },
+];
+
+/// Errors in configuration, each naming the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The key is not one keel knows.
+    #[error("unknown config key `{0}` (see `keel server --help` and docs/OPERATIONS.md for the keys keel understands)")]
+    UnknownKey(String),
+    /// The value does not parse or is out of range.
+    #[error("invalid value `{value}` for `{key}`: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// `--set` without `=`.
+    #[error("`--set {0}` must have the form key=value")]
+    MalformedSet(String),
+    /// The TOML file could not be read or parsed.
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The broker's effective configuration.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub socket_request_max_bytes: usize,
+    pub queued_max_requests_per_connection: usize,
+    pub connections_max_idle: Duration,
+    pub fetch_max_bytes: usize,
+    pub fetch_session_cache_slots: usize,
+    pub flush_policy: FlushPolicy,
+    pub flush_interval: Duration,
+    pub retention_check_interval: Duration,
+    pub recovery_point_checkpoint_interval: Duration,
+    pub request_timeout_max: Duration,
+    /// Topic defaults derived from the `log.*` keys.
+    pub log_defaults: LogConfig,
+    pub min_insync_replicas: i32,
+    pub cleanup_policy: String,
+    /// Every key with its effective value, as text, for DescribeConfigs.
+    pub raw: BTreeMap<String, String>,
+    /// The keys set explicitly (file or `--set`), for DescribeConfigs' source field.
+    pub explicit: BTreeMap<String, String>,
+}
+
+impl BrokerConfig {
+    /// Builds the configuration from defaults, an optional TOML file and `--set` pairs.
+    ///
+    /// # Errors
+    /// Unknown keys, malformed pairs, unreadable files and invalid values.
+    pub fn build(
+        file: Option<&Path>,
+        sets: &[String],
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        advertise: Option<(String, u16)>,
+    ) -> Result<Self, ConfigError> {
+        let mut explicit = BTreeMap::new();
+        if let Some(path) = file {
+            for (k, v) in read_toml(path)? {
+                explicit.insert(k, v);
+            }
+        }
+        for pair in sets {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| ConfigError::MalformedSet(pair.clone()))?;
+            explicit.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let mut raw: BTreeMap<String, String> = BROKER_KEYS
+            .iter()
+            .map(|k| (k.name.to_string(), k.default.to_string()))
+            .collect();
+        for (k, v) in &explicit {
+            if !raw.contains_key(k) {
+                return Err(ConfigError::UnknownKey(k.clone()));
+            }
+            raw.insert(k.clone(), v.clone());
+        }
+        let get = |k: &str| raw.get(k).cloned().unwrap_or_default();
+        let (advertise_host, advertise_port) =
+            advertise.unwrap_or_else(|| (listen.ip().to_string(), listen.port()));
+        let flush_policy = match get("log.flush.policy").as_str() {
+            "always" => FlushPolicy::Always,
+            "interval" => FlushPolicy::Interval,
+            other => {
+                return Err(invalid(
+                    "log.flush.policy",
+                    other,
+                    "expected `always` or `interval`",
+                ))
+            }
+        };
+        let timestamp_type = match get("log.message.timestamp.type").as_str() {
+            "CreateTime" => TimestampType::CreateTime,
+            "LogAppendTime" => TimestampType::LogAppendTime,
+            other => {
+                return Err(invalid(
+                    "log.message.timestamp.type",
+                    other,
+                    "expected `CreateTime` or `LogAppendTime`",
+                ))
+            }
+        };
+        let log_defaults = LogConfig {
+            segment_bytes: parse_ranged(&raw, "log.segment.bytes", 1024, i32::MAX as i64)? as u64,
+            segment_ms: parse_ranged(&raw, "log.roll.ms", 1, i64::MAX)?,
+            segment_index_bytes: parse_ranged(
+                &raw,
+                "log.index.size.max.bytes",
+                4096,
+                i32::MAX as i64,
+            )? as u64,
+            index_interval_bytes: parse_ranged(
+                &raw,
+                "log.index.interval.bytes",
+                0,
+                i32::MAX as i64,
+            )? as u64,
+            retention_ms: parse_ranged(&raw, "log.retention.ms", -1, i64::MAX)?,
+            retention_bytes: parse_ranged(&raw, "log.retention.bytes", -1, i64::MAX)?,
+            max_message_bytes: parse_ranged(&raw, "message.max.bytes", 0, i32::MAX as i64)? as u32,
+            message_timestamp_type: timestamp_type,
+            ..LogConfig::default()
+        };
+        let cleanup_policy = get("log.cleanup.policy");
+        Ok(BrokerConfig {
+            node_id: parse_ranged(&raw, "node.id", 0, i32::MAX as i64)? as i32,
+            data_dir,
+            listen,
+            advertise_host,
+            advertise_port,
+            auto_create_topics: parse_bool(&raw, "auto.create.topics.enable")?,
+            num_partitions: parse_ranged(&raw, "num.partitions", 1, i32::MAX as i64)? as i32,
+            default_replication_factor: parse_ranged(
+                &raw,
+                "default.replication.factor",
+                1,
+                i16::MAX as i64,
+            )? as i16,
+            socket_request_max_bytes: parse_ranged(
+                &raw,
+                "socket.request.max.bytes",
+                1024,
+                i32::MAX as i64,
+            )? as usize,
+            queued_max_requests_per_connection: parse_ranged(
+                &raw,
+                "queued.max.requests.per.connection",
+                1,
+                100_000,
+            )? as usize,
+            connections_max_idle: ms(parse_ranged(&raw, "connections.max.idle.ms", 1, i64::MAX)?),
+            fetch_max_bytes: parse_ranged(&raw, "fetch.max.bytes", 1024, i32::MAX as i64)? as usize,
+            fetch_session_cache_slots: parse_ranged(
+                &raw,
+                "max.incremental.fetch.session.cache.slots",
+                0,
+                1_000_000,
+            )? as usize,
+            flush_policy,
+            flush_interval: ms(parse_ranged(&raw, "log.flush.interval.ms", 1, i64::MAX)?),
+            retention_check_interval: ms(parse_ranged(
+                &raw,
+                "log.retention.check.interval.ms",
+                1,
+                i64::MAX,
+            )?),
+            recovery_point_checkpoint_interval: ms(parse_ranged(
+                &raw,
+                "log.flush.offset.checkpoint.interval.ms",
+                1,
+                i64::MAX,
+            )?),
+            request_timeout_max: ms(parse_ranged(&raw, "request.timeout.max.ms", 1, i64::MAX)?),
+            log_defaults,
+            min_insync_replicas: parse_ranged(&raw, "min.insync.replicas", 1, i32::MAX as i64)?
+                as i32,
+            cleanup_policy,
+            raw,
+            explicit,
+        })
+    }
+
+    /// The `host:port` clients are told to connect to.
+    pub fn advertised(&self) -> String {
+        format!("{}:{}", self.advertise_host, self.advertise_port)
+    }
+
+    /// The broker-level default value of a topic config, as text, if the topic key has
+    /// a broker synonym keel knows.
+    pub fn topic_default(&self, broker_synonym: &str) -> Option<&str> {
+        self.raw.get(broker_synonym).map(String::as_str)
+    }
+}
+
+fn ms(v: i64) -> Duration {
+    Duration::from_millis(v.max(0) as u64)
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_ranged(
+    raw: &BTreeMap<String, String>,
+    key: &str,
+    min: i64,
+    max: i64,
+) -> Result<i64, ConfigError> {
+    let text = raw.get(key).map(String::as_str).unwrap_or("");
+    let v: i64 = text
+        .parse()
+        .map_err(|_| invalid(key, text, "expected an integer"))?;
+    if v < min || v > max {
+        return Err(invalid(
+            key,
+            text,
+            &format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_bool(raw: &BTreeMap<String, String>, key: &str) -> Result<bool, ConfigError> {
+    let text = raw.get(key).map(String::as_str).unwrap_or("");
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, text, "expected `true` or `false`")),
+    }
+}
+
+/// Reads a TOML file into flat `dotted.key = value` text pairs. Nested tables are
+/// flattened (`[log] segment.bytes = 1` is `log.segment.bytes`).
+fn read_toml(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut out = Vec::new();
+    flatten("", &table, &mut out, path)?;
+    Ok(out)
+}
+
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut Vec<(String, String)>,
+    path: &Path,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Table(t) => {
+                flatten(&key, t, out, path)?;
+                continue;
+            }
+            other => {
+                return Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    reason: format!("key `{key}` has an unsupported value {other}"),
+                })
+            }
+        };
+        out.push((key, text));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(sets: &[&str]) -> Result<BrokerConfig, ConfigError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        BrokerConfig::build(
+            None,
+            &sets,
+            PathBuf::from("./data"),
+            DEFAULT_LISTEN_ADDR.parse().unwrap(),
+            None,
+        )
+    }
+
+    #[test]
+    fn defaults_are_durable_and_listen_on_loopback() {
+        let c = build(&[]).unwrap();
+        assert_eq!(c.flush_policy, FlushPolicy::Always);
+        assert_eq!(c.advertised(), "127.0.0.1:9092");
+        assert_eq!(c.log_defaults.segment_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn set_overrides_a_topic_default() {
+        let c = build(&["log.segment.bytes=1048576"]).unwrap();
+        assert_eq!(c.log_defaults.segment_bytes, 1048576);
+        assert!(c.explicit.contains_key("log.segment.bytes"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let err = build(&["log.segmnt.bytes=1"]).unwrap_err().to_string();
+        assert!(err.contains("log.segmnt.bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = build(&["num.partitions=zero"]).unwrap_err().to_string();
+        assert!(err.contains("num.partitions"), "{err}");
+        let err = build(&["log.flush.policy=sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.flush.policy"), "{err}");
+        assert!(matches!(
+            build(&["novalue"]),
+            Err(ConfigError::MalformedSet(_))
+        ));
+    }
+
+    #[test]
+    fn toml_tables_flatten_to_dotted_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        std::fs::write(
+            &path,
+            "[log]\n\"segment.bytes\" = 2048\n\"num.partitions\" = 3\n",
+        )
+        .unwrap();
+        // "log.num.partitions" is not a key: the error must say so.
+        let err = BrokerConfig::build(
+            Some(&path),
+            &[],
+            PathBuf::from("d"),
+            DEFAULT_LISTEN_ADDR.parse().unwrap(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("log.num.partitions"), "{err}");
+        std::fs::write(
+            &path,
+            "\"num.partitions\" = 3\n[log]\n\"segment.bytes\" = 2048\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::build(
+            Some(&path),
+            &["num.partitions=4".into()],
+            PathBuf::from("d"),
+            DEFAULT_LISTEN_ADDR.parse().unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.log_defaults.segment_bytes, 2048);
+        assert_eq!(c.num_partitions, 4, "--set wins over the file");
+    }
+}

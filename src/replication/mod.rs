@@ -1,0 +1,9 @@
+//! The data plane on this broker: which partition replicas it hosts (decided only by
+//! the metadata image), their logs, high watermarks and flushers.
+
+pub mod log_dir;
+pub mod manager;
+pub mod partition;
+
+pub use manager::ReplicaManager;
+pub use partition::Partition;

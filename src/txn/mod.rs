@@ -1,0 +1,3 @@
+//! Producer ids and (later) transactions.
+
+pub mod producer_ids;

@@ -1,0 +1,232 @@
+//! Appends: the leader path (validate, check producer sequences, assign offsets, patch,
+//! write) and the follower path (validate, check continuity, write), and segment rolls.
+//! No fsync happens here; durability comes from [`super::FlushPlan`].
+
+use std::io;
+use std::sync::Arc;
+
+use crate::batch::{
+    set_base_offset, set_log_append_time, set_partition_leader_epoch, validate_batches, BatchError,
+    BatchHeader, TimestampType,
+};
+
+use super::error::AppendError;
+use super::producer_state::Verdict;
+use super::segment::Segment;
+use super::{AppendInfo, AppendOrigin, LeaderAppend, Log};
+
+/// Largest batch a follower accepts: whatever the leader accepted (`batchLength` is i32).
+const FOLLOWER_MAX_BATCH_BYTES: usize = i32::MAX as usize;
+/// Attribute bit a LogAppendTime batch carries.
+const LOG_APPEND_TIME_ATTRIBUTE: i16 = 0x08;
+
+/// Checks that only apply to batches written by producers (Kafka's LogValidator).
+fn check_client_rules(h: &BatchHeader, origin: AppendOrigin) -> Result<(), AppendError> {
+    if h.records_count <= 0 {
+        return Err(AppendError::InvalidRecord(format!(
+            "batch reports {} records",
+            h.records_count
+        )));
+    }
+    if i64::from(h.last_offset_delta) + 1 != i64::from(h.records_count) {
+        return Err(AppendError::InvalidRecord(format!(
+            "batch has {} records but spans {} offsets",
+            h.records_count,
+            i64::from(h.last_offset_delta) + 1
+        )));
+    }
+    if h.is_control() && origin == AppendOrigin::Client {
+        return Err(AppendError::InvalidRecord(
+            "clients may not write control batches".to_string(),
+        ));
+    }
+    if h.has_producer_id() && !h.is_control() && h.base_sequence < 0 {
+        return Err(AppendError::InvalidRecord(format!(
+            "producer {} wrote sequence {}",
+            h.producer_id, h.base_sequence
+        )));
+    }
+    Ok(())
+}
+
+impl Log {
+    /// Appends batches from a producer: validates them (framing, CRC, size, client rules),
+    /// checks idempotent-producer sequences for batches with a producer id, assigns
+    /// offsets and `leader_epoch` in place, applies LogAppendTime if configured, rolls the
+    /// segment if needed, and writes. Does not fsync.
+    ///
+    /// # Errors
+    /// See [`AppendError`]; nothing is written unless the error is `Io`.
+    pub fn append_as_leader(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LeaderAppend, AppendError> {
+        self.append_as_leader_from(batches, leader_epoch, now_ms, AppendOrigin::Client)
+    }
+
+    /// [`Log::append_as_leader`] for a given origin (coordinators may write control batches).
+    ///
+    /// # Errors
+    /// See [`AppendError`].
+    pub fn append_as_leader_from(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+        origin: AppendOrigin,
+    ) -> Result<LeaderAppend, AppendError> {
+        let max = self.config.max_message_bytes as usize;
+        let mut headers = validate_batches(batches, max).map_err(|e| match e {
+            BatchError::TooLarge { size, max } => AppendError::MessageTooLarge { size, max },
+            e => AppendError::Batch(e),
+        })?;
+        if headers.is_empty() {
+            return Err(AppendError::InvalidRecord("no record batches".to_string()));
+        }
+        for h in &headers {
+            check_client_rules(h, origin)?;
+        }
+        let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
+        let timestamp_of = |h: &BatchHeader| {
+            if log_append_time {
+                now_ms
+            } else {
+                h.max_timestamp
+            }
+        };
+
+        let base_offset = self.log_end_offset();
+        let mut pending = self.producers.begin();
+        let mut next = base_offset;
+        for h in &headers {
+            if h.has_producer_id() {
+                if let Verdict::Duplicate(b) = pending.check_leader(h, next, timestamp_of(h))? {
+                    return Ok(LeaderAppend::Duplicate(AppendInfo {
+                        base_offset: b.base_offset,
+                        last_offset: b.last_offset,
+                        log_append_time_ms: if log_append_time { b.timestamp } else { -1 },
+                        log_start_offset: self.log_start_offset,
+                        records: (b.last_offset - b.base_offset + 1) as u32,
+                    }));
+                }
+            }
+            next += i64::from(h.last_offset_delta) + 1;
+        }
+        let staged = pending.into_staged();
+
+        let mut position = 0;
+        let mut next = base_offset;
+        let mut records: u32 = 0;
+        for h in &mut headers {
+            let batch = &mut batches[position..position + h.total_bytes()];
+            set_base_offset(batch, next);
+            set_partition_leader_epoch(batch, leader_epoch);
+            if log_append_time {
+                set_log_append_time(batch, now_ms);
+                h.max_timestamp = now_ms;
+                h.attributes |= LOG_APPEND_TIME_ATTRIBUTE;
+            }
+            h.base_offset = next;
+            h.partition_leader_epoch = leader_epoch;
+            next = h.next_offset();
+            position += h.total_bytes();
+            records = records.saturating_add(h.records_count as u32);
+        }
+        self.write_batches(batches, &headers, now_ms)?;
+        self.producers.commit(staged);
+        Ok(LeaderAppend::Appended(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            log_start_offset: self.log_start_offset,
+            records,
+        }))
+    }
+
+    /// Appends batches replicated from the leader: offsets are already assigned and must
+    /// continue exactly at the log end; framing and CRCs are checked; producer state is
+    /// updated without sequence checks. Does not fsync.
+    ///
+    /// # Errors
+    /// `Batch` for bad bytes, `OffsetsNotMonotonic` for a gap or overlap, `Io`.
+    pub fn append_as_follower(
+        &mut self,
+        batches: &[u8],
+        now_ms: i64,
+    ) -> Result<AppendInfo, AppendError> {
+        let headers = validate_batches(batches, FOLLOWER_MAX_BATCH_BYTES)?;
+        let base_offset = self.log_end_offset();
+        let mut expected = base_offset;
+        let mut records: u32 = 0;
+        for h in &headers {
+            if h.base_offset != expected {
+                return Err(AppendError::OffsetsNotMonotonic {
+                    expected,
+                    actual: h.base_offset,
+                });
+            }
+            expected = h.next_offset();
+            records = records.saturating_add(h.records_count.max(0) as u32);
+        }
+        if !headers.is_empty() {
+            self.write_batches(batches, &headers, now_ms)?;
+            for h in &headers {
+                self.producers.apply_replicated(h);
+            }
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: expected - 1,
+            log_append_time_ms: -1,
+            log_start_offset: self.log_start_offset,
+            records,
+        })
+    }
+
+    /// Rolls if needed, then writes validated batches at the end of the active segment.
+    fn write_batches(
+        &mut self,
+        bytes: &[u8],
+        headers: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<(), AppendError> {
+        if self
+            .active()
+            .should_roll(&self.config, bytes.len() as u64, headers, now_ms)
+        {
+            self.roll(now_ms)?;
+        }
+        let interval = self.config.index_interval_bytes;
+        self.active_mut().append(bytes, headers, interval)?;
+        Ok(())
+    }
+
+    /// Starts a new active segment at the log end and snapshots producer state there.
+    ///
+    /// The snapshot is written without fsync: the next flush plan syncs it and the new
+    /// directory entries; a torn snapshot fails its CRC on recovery and an older one is used.
+    pub(crate) fn roll(&mut self, now_ms: i64) -> io::Result<()> {
+        let base = self.log_end_offset();
+        if self.active().base_offset == base {
+            return Ok(());
+        }
+        let segment = Segment::create(&*self.fs, &self.dir, base, now_ms)?;
+        self.dir_changes += 1;
+        // A snapshot already at `base` describes the same batches (truncation removes
+        // those above the log end); never overwrite one in place, it may be the only
+        // durable copy.
+        if !self.snapshots.contains(&base) {
+            let snapshot = self.fs.open(&self.snapshot_path(base), true)?;
+            snapshot.set_len(0)?;
+            snapshot.write_all_at(&self.producers.encode_snapshot(), 0)?;
+            self.snapshots.insert(base);
+            self.unsynced_seq += 1;
+            self.unsynced_files
+                .push((self.unsynced_seq, Arc::clone(&snapshot)));
+        }
+        self.segments.push_back(segment);
+        Ok(())
+    }
+}
