@@ -28,6 +28,10 @@ pub fn valid_topic_name(name: &str) -> bool {
 /// A produce append failure: the code and a message for the client.
 pub fn append_error(e: &AppendError) -> (ResponseError, String) {
     let code = match e {
+        // Message sets of magic 0/1 are a format keel does not store (Kafka 4 drops it too).
+        AppendError::Batch(keel_storage::batch::BatchError::UnsupportedMagic(_)) => {
+            ResponseError::UnsupportedForMessageFormat
+        }
         AppendError::Batch(_) => ResponseError::CorruptMessage,
         AppendError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         AppendError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

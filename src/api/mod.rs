@@ -11,6 +11,7 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod produce_legacy;
 pub mod topics;
 
 use std::future::Future;

@@ -16,15 +16,15 @@ use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use keel_storage::LeaderAppend;
 
-use super::{encode, sb, Pending, Reply};
+use super::{encode, produce_legacy, sb, Pending, Reply};
 use crate::broker::Broker;
 use crate::errors;
 use crate::protocol::RequestContext;
 use crate::replication::manager::now_ms;
 use crate::replication::Partition;
 
-/// Versions served. v0–v2 (magic 0/1 message sets) are not.
-pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 11 };
+/// Versions served. v0–v2 go through `produce_legacy` and take magic-2 batches only.
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 11 };
 
 /// acks=all: wait for every in-sync replica.
 const ACKS_ALL: i16 = -1;
@@ -152,6 +152,27 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 };
             }
         }
-        encode(&ctx, &ProduceResponse::default().with_responses(responses))
+        reply(&ctx, ProduceResponse::default().with_responses(responses))
     })
+}
+
+/// Encodes the response, through `produce_legacy` for v0–v2.
+fn reply(ctx: &RequestContext, resp: ProduceResponse) -> Reply {
+    if ctx.api_version >= produce_legacy::FIRST_CODEC_VERSION {
+        return encode(ctx, &resp);
+    }
+    match produce_legacy::encode_body(&resp, ctx.api_version) {
+        Ok(body) => {
+            // Produce v0-v2 responses use response header v0: just the correlation id.
+            let mut frame = bytes::BytesMut::with_capacity(8 + body.len());
+            bytes::BufMut::put_i32(&mut frame, (4 + body.len()) as i32);
+            bytes::BufMut::put_i32(&mut frame, ctx.correlation_id);
+            frame.extend_from_slice(&body);
+            Reply::Frame(frame.freeze())
+        }
+        Err(e) => {
+            tracing::error!("cannot encode produce v{} response: {e}", ctx.api_version);
+            Reply::Close
+        }
+    }
 }

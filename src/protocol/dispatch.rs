@@ -117,6 +117,16 @@ pub fn dispatch(
     let pending: Pending = match api_key {
         ApiKey::ApiVersions => api::api_versions::handle(ctx, decode!(m::ApiVersionsRequest)),
         ApiKey::Metadata => api::metadata::handle(b, ctx, decode!(m::MetadataRequest)),
+        ApiKey::Produce if version < api::produce_legacy::FIRST_CODEC_VERSION => {
+            let mut body = api::produce_legacy::as_v3_body(&buf);
+            let req =
+                m::ProduceRequest::decode(&mut body, api::produce_legacy::FIRST_CODEC_VERSION)
+                    .map_err(|e| malformed(e.to_string()))?;
+            if body.has_remaining() {
+                return Err(malformed(format!("{} trailing bytes", body.remaining())));
+            }
+            api::produce::handle(b, ctx, req)
+        }
         ApiKey::Produce => api::produce::handle(b, ctx, decode!(m::ProduceRequest)),
         ApiKey::Fetch => api::fetch::handle(b, ctx, decode!(m::FetchRequest)),
         ApiKey::ListOffsets => api::list_offsets::handle(b, ctx, decode!(m::ListOffsetsRequest)),

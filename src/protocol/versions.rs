@@ -56,7 +56,11 @@ mod tests {
     #[test]
     fn every_advertised_version_is_one_the_codec_can_decode() {
         for (key, ours) in SUPPORTED_APIS {
-            let codec = key.valid_versions();
+            let mut codec = key.valid_versions();
+            if *key == ApiKey::Produce {
+                // v0-v2 are adapted by api::produce_legacy.
+                codec.min = 0;
+            }
             assert!(
                 codec.min <= ours.min && ours.max <= codec.max && ours.min <= ours.max,
                 "{key:?}: advertised {ours} outside the codec's {codec}"
