@@ -17,8 +17,6 @@ use keel_storage::{LogConfig, TimestampType};
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:9092";
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
-/// Default node id of a single combined node.
-pub const DEFAULT_NODE_ID: i32 = 1;
 
 /// How appended data is made durable before it is acknowledged and exposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +43,13 @@ pub struct BrokerKey {
 /// are here under their broker names; the topic names live in `keel_raft::topic_config`.
 pub const BROKER_KEYS: &[BrokerKey] = &[
     BrokerKey { name: "node.id", default: "1", doc: "This node's id." },
+    BrokerKey { name: "process.roles", default: "broker,controller", doc: "What this node runs: broker, controller, or both (comma-separated)." },
+    BrokerKey { name: "controller.quorum.voters", default: "", doc: "The controller voters as id@host:port,… (empty: this node alone, a single combined node)." },
+    BrokerKey { name: "controller.listener", default: "", doc: "IP:port this node binds for controller and metadata traffic (required with controller.quorum.voters)." },
+    BrokerKey { name: "controller.quorum.election.timeout.ms", default: "1000", doc: "Lower bound of the randomized Raft election timeout; the upper bound is twice this." },
+    BrokerKey { name: "broker.rack", default: "", doc: "Rack of this broker, for rack-aware replica placement (empty: none)." },
+    BrokerKey { name: "broker.session.timeout.ms", default: "9000", doc: "A broker that has not heartbeated to the active controller for this long is fenced." },
+    BrokerKey { name: "broker.heartbeat.interval.ms", default: "2000", doc: "How often a broker heartbeats to the active controller." },
     BrokerKey { name: "auto.create.topics.enable", default: "true", doc: "Create a topic when a client asks for its metadata and it does not exist." },
     BrokerKey { name: "num.partitions", default: "1", doc: "Partitions of an auto-created topic or of a CreateTopics without a count." },
     BrokerKey { name: "default.replication.factor", default: "1", doc: "Replication factor of topics created without one." },
@@ -98,6 +103,18 @@ pub struct BrokerConfig {
     pub node_id: i32,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Whether this node serves Kafka clients and hosts partitions.
+    pub is_broker: bool,
+    /// Whether this node is a controller voter.
+    pub is_controller: bool,
+    /// The controller voters: node id -> controller address (host:port).
+    pub voters: BTreeMap<u64, String>,
+    /// Address for controller traffic; `None` for a single node alone.
+    pub controller_listen: Option<SocketAddr>,
+    pub election_timeout_ms: u64,
+    pub rack: Option<String>,
+    pub broker_session_timeout: Duration,
+    pub broker_heartbeat_interval: Duration,
     pub advertise_host: String,
     pub advertise_port: u16,
     pub auto_create_topics: bool,
@@ -204,8 +221,18 @@ impl BrokerConfig {
             ..LogConfig::default()
         };
         let cleanup_policy = get("log.cleanup.policy");
+        let node_id = parse_ranged(&raw, "node.id", 0, i32::MAX as i64)? as i32;
+        let cluster = parse_cluster(&raw, node_id)?;
         Ok(BrokerConfig {
-            node_id: parse_ranged(&raw, "node.id", 0, i32::MAX as i64)? as i32,
+            is_broker: cluster.is_broker,
+            is_controller: cluster.is_controller,
+            voters: cluster.voters,
+            controller_listen: cluster.controller_listen,
+            election_timeout_ms: parse_ranged(&raw, "controller.quorum.election.timeout.ms", 100, 600_000)? as u64,
+            rack: Some(get("broker.rack")).filter(|r| !r.is_empty()),
+            broker_session_timeout: ms(parse_ranged(&raw, "broker.session.timeout.ms", 100, i64::MAX)?),
+            broker_heartbeat_interval: ms(parse_ranged(&raw, "broker.heartbeat.interval.ms", 10, i64::MAX)?),
+            node_id,
             data_dir,
             listen,
             advertise_host,
@@ -272,6 +299,89 @@ impl BrokerConfig {
     pub fn topic_default(&self, broker_synonym: &str) -> Option<&str> {
         self.raw.get(broker_synonym).map(String::as_str)
     }
+}
+
+struct ClusterSettings {
+    is_broker: bool,
+    is_controller: bool,
+    voters: BTreeMap<u64, String>,
+    controller_listen: Option<SocketAddr>,
+}
+
+/// Parses roles, voters and the controller listener, and checks they agree.
+fn parse_cluster(raw: &BTreeMap<String, String>, node_id: i32) -> Result<ClusterSettings, ConfigError> {
+    let roles_text = raw.get("process.roles").cloned().unwrap_or_default();
+    let (mut is_broker, mut is_controller) = (false, false);
+    for role in roles_text.split(',').map(str::trim) {
+        match role {
+            "broker" => is_broker = true,
+            "controller" => is_controller = true,
+            other => {
+                return Err(invalid(
+                    "process.roles",
+                    &roles_text,
+                    &format!("unknown role `{other}`; expected broker, controller or broker,controller"),
+                ))
+            }
+        }
+    }
+    let voters_text = raw.get("controller.quorum.voters").cloned().unwrap_or_default();
+    let mut voters = BTreeMap::new();
+    for entry in voters_text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = |why: &str| invalid("controller.quorum.voters", &voters_text, &format!("`{entry}`: {why}"));
+        let (id, addr) = entry.split_once('@').ok_or_else(|| bad("expected id@host:port"))?;
+        let id: u64 = id.parse().map_err(|_| bad("the id is not a number"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("expected id@host:port"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad("expected id@host:port"));
+        }
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(bad("node id listed twice"));
+        }
+    }
+    let listen_text = raw.get("controller.listener").cloned().unwrap_or_default();
+    let controller_listen = if listen_text.is_empty() {
+        None
+    } else {
+        Some(listen_text.parse::<SocketAddr>().map_err(|_| {
+            invalid("controller.listener", &listen_text, "expected IP:PORT (--controller-listen)")
+        })?)
+    };
+    if voters.is_empty() {
+        // The zero-config single node: this node is the only voter.
+        if !(is_broker && is_controller) {
+            return Err(invalid(
+                "process.roles",
+                &roles_text,
+                "a node without controller.quorum.voters must be broker,controller (a single combined node)",
+            ));
+        }
+        voters.insert(node_id as u64, controller_listen.map(|a| a.to_string()).unwrap_or_default());
+    } else {
+        let listed = voters.contains_key(&(node_id as u64));
+        if is_controller && !listed {
+            return Err(invalid(
+                "controller.quorum.voters",
+                &voters_text,
+                &format!("node {node_id} has the controller role but is not among the voters"),
+            ));
+        }
+        if !is_controller && listed {
+            return Err(invalid(
+                "process.roles",
+                &roles_text,
+                &format!("node {node_id} is listed as a voter but lacks the controller role"),
+            ));
+        }
+        if controller_listen.is_none() {
+            return Err(invalid(
+                "controller.listener",
+                "",
+                "required when controller.quorum.voters is set (--controller-listen HOST:PORT)",
+            ));
+        }
+    }
+    Ok(ClusterSettings { is_broker, is_controller, voters, controller_listen })
 }
 
 fn ms(v: i64) -> Duration {
@@ -414,6 +524,33 @@ mod tests {
             build(&["novalue"]),
             Err(ConfigError::MalformedSet(_))
         ));
+    }
+
+    #[test]
+    fn a_three_voter_cluster_parses_and_checks_roles_against_voters() {
+        let voters = "controller.quorum.voters=1@127.0.0.11:9093,2@127.0.0.12:9093,3@127.0.0.13:9093";
+        let c = build(&["node.id=2", voters, "controller.listener=127.0.0.12:9093"]).unwrap();
+        assert!(c.is_broker && c.is_controller);
+        assert_eq!(c.voters.len(), 3);
+        assert_eq!(c.voters[&2], "127.0.0.12:9093");
+        let broker_only = build(&["node.id=4", voters, "process.roles=broker", "controller.listener=127.0.0.14:9093"]);
+        assert!(broker_only.is_ok());
+        let err = build(&["node.id=4", voters, "controller.listener=127.0.0.14:9093"]).unwrap_err().to_string();
+        assert!(err.contains("not among the voters"), "{err}");
+        let err = build(&["node.id=1", voters]).unwrap_err().to_string();
+        assert!(err.contains("controller.listener"), "{err}");
+        let err = build(&["controller.quorum.voters=1@nohostport"]).unwrap_err().to_string();
+        assert!(err.contains("id@host:port"), "{err}");
+        let err = build(&["process.roles=broker,cook"]).unwrap_err().to_string();
+        assert!(err.contains("cook"), "{err}");
+    }
+
+    #[test]
+    fn the_default_is_one_combined_node_voting_for_itself() {
+        let c = build(&[]).unwrap();
+        assert!(c.is_broker && c.is_controller);
+        assert_eq!(c.voters.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert!(c.controller_listen.is_none());
     }
 
     #[test]

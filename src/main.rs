@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use keel::cli::topics::{self, TopicsCommand};
-use keel::config::{BrokerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN_ADDR, DEFAULT_NODE_ID};
+use keel::config::{BrokerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN_ADDR};
 
 /// Environment variable holding the log filter (tracing's EnvFilter syntax).
 const LOG_ENV: &str = "KEEL_LOG";
@@ -51,6 +51,15 @@ struct ServerArgs {
     /// This node's id (also settable as node.id).
     #[arg(long, value_name = "N")]
     node_id: Option<i32>,
+    /// What this node runs: broker, controller, or broker,controller (process.roles).
+    #[arg(long, value_name = "ROLES")]
+    roles: Option<String>,
+    /// Address this node binds for controller and metadata traffic (controller.listener).
+    #[arg(long, value_name = "IP:PORT")]
+    controller_listen: Option<String>,
+    /// The controller voters, id@host:port,… (controller.quorum.voters).
+    #[arg(long, value_name = "ID@HOST:PORT,…")]
+    controller_quorum_voters: Option<String>,
 }
 
 #[derive(Args)]
@@ -140,10 +149,19 @@ fn server_config(args: ServerArgs) -> Result<BrokerConfig, String> {
     let listen = parse_addr("--listen", &args.listen)?;
     let advertise = args.advertise.as_deref().map(parse_advertise).transpose()?;
     let mut sets = args.sets;
+    // Flags are shorthands for config keys and win over the file and --set.
     if let Some(id) = args.node_id {
         sets.push(format!("node.id={id}"));
     }
-    let _ = DEFAULT_NODE_ID;
+    if let Some(roles) = args.roles {
+        sets.push(format!("process.roles={roles}"));
+    }
+    if let Some(addr) = args.controller_listen {
+        sets.push(format!("controller.listener={addr}"));
+    }
+    if let Some(voters) = args.controller_quorum_voters {
+        sets.push(format!("controller.quorum.voters={voters}"));
+    }
     BrokerConfig::build(
         args.config.as_deref(),
         &sets,

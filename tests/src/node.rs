@@ -58,28 +58,63 @@ impl KeelNode {
     /// Starts a single combined node with its data under `dir`.
     pub fn start_in(dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         let addr = format!("127.0.0.1:{}", free_port());
+        let mut node = Self::spawn(dir, &addr, extra_args)?;
+        node.wait_ready()?;
+        Ok(node)
+    }
+
+    /// Starts `keel server --data-dir <dir>/data --listen <addr> <extra_args>` without
+    /// waiting for it to serve (a cluster node needs its peers first).
+    pub fn spawn(dir: &Path, addr: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         let mut args: Vec<String> = vec![
             "server".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--listen".into(),
-            addr.clone(),
+            addr.to_string(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let mut node = KeelNode {
-            addr,
-            data_dir,
-            log_path: dir.join("keel.log"),
-            args,
-            child: None,
-            _tmp: None,
-        };
-        node.launch()?;
+        let mut node =
+            KeelNode { addr: addr.to_string(), data_dir, log_path: dir.join("keel.log"), args, child: None, _tmp: None };
+        node.spawn_process()?;
         Ok(node)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
+        self.spawn_process()?;
+        self.wait_ready()
+    }
+
+    /// Whether the process is running (not exited; it may be stopped by SIGSTOP).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGSTOP: the process freezes, sockets stay open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+        }
+    }
+
+    /// Starts the process again on the same address and data directory without
+    /// waiting for it to serve.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn_process()
+    }
+
+    fn spawn_process(&mut self) -> anyhow::Result<()> {
         let bin = keel_binary();
         if !bin.exists() {
             bail!(
@@ -103,10 +138,11 @@ impl KeelNode {
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until the node answers a Metadata request on its client address.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + NODE_START_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
