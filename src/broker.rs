@@ -10,9 +10,15 @@ use keel_raft::quorum::{MetadataQuorum, QuorumError};
 use tokio::sync::watch;
 
 use crate::api::fetch_session::FetchSessionCache;
+use crate::cluster::heartbeat::Session;
 use crate::config::BrokerConfig;
 use crate::replication::ReplicaManager;
 use crate::txn::producer_ids::ProducerIdAllocator;
+
+/// How long a controller request waits when the client gave no timeout.
+pub const DEFAULT_CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest wait for a controller request, whatever the client's timeout says.
+pub const MIN_CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a handler waits for its own metadata change to reach the replica manager.
 pub const METADATA_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +38,8 @@ pub struct Broker {
     pub fetch_sessions: FetchSessionCache,
     /// Producer ids for InitProducerId.
     pub producer_ids: ProducerIdAllocator,
+    /// This broker's session with the controller.
+    pub session: Session,
     broker_epoch: AtomicI64,
     shutdown: watch::Sender<bool>,
 }
@@ -54,6 +62,7 @@ impl Broker {
             replicas,
             fetch_sessions: FetchSessionCache::new(slots),
             producer_ids: ProducerIdAllocator::default(),
+            session: Session::default(),
             broker_epoch: AtomicI64::new(-1),
             shutdown: watch::Sender::new(false),
         })
@@ -89,7 +98,25 @@ impl Broker {
     /// # Errors
     /// The quorum could not commit (no controller, timeout, shutting down).
     pub async fn submit(&self, req: ControllerRequest) -> Result<ControllerResponse, QuorumError> {
-        let resp = self.quorum.submit(req).await?;
+        self.submit_within(req, DEFAULT_CONTROLLER_REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// [`Broker::submit`] bounded by a client's request timeout (at least
+    /// `MIN_CONTROLLER_REQUEST_TIMEOUT`, at most `request.timeout.max.ms`).
+    ///
+    /// # Errors
+    /// As [`Broker::submit`]; `QuorumError::Timeout` when the time runs out.
+    pub async fn submit_within(
+        &self,
+        req: ControllerRequest,
+        timeout: Duration,
+    ) -> Result<ControllerResponse, QuorumError> {
+        let timeout = timeout.clamp(
+            MIN_CONTROLLER_REQUEST_TIMEOUT,
+            self.config.request_timeout_max,
+        );
+        let resp = self.quorum.submit_with_timeout(req, timeout).await?;
         let index = self.image().last_applied_index;
         if !self
             .replicas

@@ -228,10 +228,25 @@ impl BrokerConfig {
             is_controller: cluster.is_controller,
             voters: cluster.voters,
             controller_listen: cluster.controller_listen,
-            election_timeout_ms: parse_ranged(&raw, "controller.quorum.election.timeout.ms", 100, 600_000)? as u64,
+            election_timeout_ms: parse_ranged(
+                &raw,
+                "controller.quorum.election.timeout.ms",
+                100,
+                600_000,
+            )? as u64,
             rack: Some(get("broker.rack")).filter(|r| !r.is_empty()),
-            broker_session_timeout: ms(parse_ranged(&raw, "broker.session.timeout.ms", 100, i64::MAX)?),
-            broker_heartbeat_interval: ms(parse_ranged(&raw, "broker.heartbeat.interval.ms", 10, i64::MAX)?),
+            broker_session_timeout: ms(parse_ranged(
+                &raw,
+                "broker.session.timeout.ms",
+                100,
+                i64::MAX,
+            )?),
+            broker_heartbeat_interval: ms(parse_ranged(
+                &raw,
+                "broker.heartbeat.interval.ms",
+                10,
+                i64::MAX,
+            )?),
             node_id,
             data_dir,
             listen,
@@ -309,7 +324,10 @@ struct ClusterSettings {
 }
 
 /// Parses roles, voters and the controller listener, and checks they agree.
-fn parse_cluster(raw: &BTreeMap<String, String>, node_id: i32) -> Result<ClusterSettings, ConfigError> {
+fn parse_cluster(
+    raw: &BTreeMap<String, String>,
+    node_id: i32,
+) -> Result<ClusterSettings, ConfigError> {
     let roles_text = raw.get("process.roles").cloned().unwrap_or_default();
     let (mut is_broker, mut is_controller) = (false, false);
     for role in roles_text.split(',').map(str::trim) {
@@ -320,18 +338,37 @@ fn parse_cluster(raw: &BTreeMap<String, String>, node_id: i32) -> Result<Cluster
                 return Err(invalid(
                     "process.roles",
                     &roles_text,
-                    &format!("unknown role `{other}`; expected broker, controller or broker,controller"),
+                    &format!(
+                        "unknown role `{other}`; expected broker, controller or broker,controller"
+                    ),
                 ))
             }
         }
     }
-    let voters_text = raw.get("controller.quorum.voters").cloned().unwrap_or_default();
+    let voters_text = raw
+        .get("controller.quorum.voters")
+        .cloned()
+        .unwrap_or_default();
     let mut voters = BTreeMap::new();
-    for entry in voters_text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let bad = |why: &str| invalid("controller.quorum.voters", &voters_text, &format!("`{entry}`: {why}"));
-        let (id, addr) = entry.split_once('@').ok_or_else(|| bad("expected id@host:port"))?;
+    for entry in voters_text
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let bad = |why: &str| {
+            invalid(
+                "controller.quorum.voters",
+                &voters_text,
+                &format!("`{entry}`: {why}"),
+            )
+        };
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| bad("expected id@host:port"))?;
         let id: u64 = id.parse().map_err(|_| bad("the id is not a number"))?;
-        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("expected id@host:port"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected id@host:port"))?;
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(bad("expected id@host:port"));
         }
@@ -344,7 +381,11 @@ fn parse_cluster(raw: &BTreeMap<String, String>, node_id: i32) -> Result<Cluster
         None
     } else {
         Some(listen_text.parse::<SocketAddr>().map_err(|_| {
-            invalid("controller.listener", &listen_text, "expected IP:PORT (--controller-listen)")
+            invalid(
+                "controller.listener",
+                &listen_text,
+                "expected IP:PORT (--controller-listen)",
+            )
         })?)
     };
     if voters.is_empty() {
@@ -356,16 +397,15 @@ fn parse_cluster(raw: &BTreeMap<String, String>, node_id: i32) -> Result<Cluster
                 "a node without controller.quorum.voters must be broker,controller (a single combined node)",
             ));
         }
-        voters.insert(node_id as u64, controller_listen.map(|a| a.to_string()).unwrap_or_default());
+        voters.insert(
+            node_id as u64,
+            controller_listen.map(|a| a.to_string()).unwrap_or_default(),
+        );
     } else {
+        // A controller that is not among the initial voters joins as an observer and
+        // becomes a voter through `keel cluster add-voter`; the voter set then lives in
+        // the metadata log, and this list only tells a starting node whom to contact.
         let listed = voters.contains_key(&(node_id as u64));
-        if is_controller && !listed {
-            return Err(invalid(
-                "controller.quorum.voters",
-                &voters_text,
-                &format!("node {node_id} has the controller role but is not among the voters"),
-            ));
-        }
         if !is_controller && listed {
             return Err(invalid(
                 "process.roles",
@@ -381,7 +421,12 @@ fn parse_cluster(raw: &BTreeMap<String, String>, node_id: i32) -> Result<Cluster
             ));
         }
     }
-    Ok(ClusterSettings { is_broker, is_controller, voters, controller_listen })
+    Ok(ClusterSettings {
+        is_broker,
+        is_controller,
+        voters,
+        controller_listen,
+    })
 }
 
 fn ms(v: i64) -> Duration {
@@ -528,20 +573,37 @@ mod tests {
 
     #[test]
     fn a_three_voter_cluster_parses_and_checks_roles_against_voters() {
-        let voters = "controller.quorum.voters=1@127.0.0.11:9093,2@127.0.0.12:9093,3@127.0.0.13:9093";
+        let voters =
+            "controller.quorum.voters=1@127.0.0.11:9093,2@127.0.0.12:9093,3@127.0.0.13:9093";
         let c = build(&["node.id=2", voters, "controller.listener=127.0.0.12:9093"]).unwrap();
         assert!(c.is_broker && c.is_controller);
         assert_eq!(c.voters.len(), 3);
         assert_eq!(c.voters[&2], "127.0.0.12:9093");
-        let broker_only = build(&["node.id=4", voters, "process.roles=broker", "controller.listener=127.0.0.14:9093"]);
+        let broker_only = build(&[
+            "node.id=4",
+            voters,
+            "process.roles=broker",
+            "controller.listener=127.0.0.14:9093",
+        ]);
         assert!(broker_only.is_ok());
-        let err = build(&["node.id=4", voters, "controller.listener=127.0.0.14:9093"]).unwrap_err().to_string();
-        assert!(err.contains("not among the voters"), "{err}");
+        let err = build(&[
+            "node.id=3",
+            voters,
+            "process.roles=broker",
+            "controller.listener=127.0.0.13:9093",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("lacks the controller role"), "{err}");
         let err = build(&["node.id=1", voters]).unwrap_err().to_string();
         assert!(err.contains("controller.listener"), "{err}");
-        let err = build(&["controller.quorum.voters=1@nohostport"]).unwrap_err().to_string();
+        let err = build(&["controller.quorum.voters=1@nohostport"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("id@host:port"), "{err}");
-        let err = build(&["process.roles=broker,cook"]).unwrap_err().to_string();
+        let err = build(&["process.roles=broker,cook"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cook"), "{err}");
     }
 

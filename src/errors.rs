@@ -8,6 +8,7 @@
 use kafka_protocol::ResponseError;
 use keel_raft::controller::ControllerError;
 use keel_raft::quorum::QuorumError;
+use keel_storage::batch::BatchError;
 use keel_storage::{AppendError, LogError, ReadError};
 
 /// Longest topic name Kafka accepts.
@@ -29,9 +30,19 @@ pub fn valid_topic_name(name: &str) -> bool {
 pub fn append_error(e: &AppendError) -> (ResponseError, String) {
     let code = match e {
         // Message sets of magic 0/1 are a format keel does not store (Kafka 4 drops it too).
-        AppendError::Batch(keel_storage::batch::BatchError::UnsupportedMagic(_)) => {
+        AppendError::Batch(BatchError::UnsupportedMagic(0 | 1)) => {
             ResponseError::UnsupportedForMessageFormat
         }
+        // A magic no format has is damage, as Kafka reports it ("Invalid magic").
+        AppendError::Batch(BatchError::UnsupportedMagic(_)) => ResponseError::CorruptMessage,
+        // Well-framed batches with a valid CRC whose header fields no client writes:
+        // deliberate, so not retriable (Kafka's LogValidator: INVALID_RECORD).
+        AppendError::Batch(
+            BatchError::InvalidRecordCount(_)
+            | BatchError::InvalidOffsetDelta(_)
+            | BatchError::InvalidCompression(_),
+        ) => ResponseError::InvalidRecord,
+        // Bad framing or CRC: possibly damaged in transit, retriable.
         AppendError::Batch(_) => ResponseError::CorruptMessage,
         AppendError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         AppendError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
@@ -79,6 +90,11 @@ pub fn controller_error(e: &ControllerError) -> (ResponseError, String) {
         ControllerError::InvalidRequest(_) => ResponseError::InvalidRequest,
         ControllerError::BrokerNotAvailable(_) => ResponseError::BrokerNotAvailable,
         ControllerError::StaleBrokerEpoch(_) => ResponseError::StaleBrokerEpoch,
+        ControllerError::BrokerIdNotRegistered(_) => ResponseError::BrokerIdNotRegistered,
+        ControllerError::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+        ControllerError::InvalidUpdateVersion(_) => ResponseError::InvalidUpdateVersion,
+        ControllerError::NotLeaderOrFollower(_) => ResponseError::NotLeaderOrFollower,
+        ControllerError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
         ControllerError::PolicyViolation(_) => ResponseError::PolicyViolation,
         ControllerError::ProducerIdsExhausted(_) => ResponseError::UnknownServerError,
         ControllerError::Internal(_) => ResponseError::UnknownServerError,
@@ -92,9 +108,12 @@ pub fn quorum_error(e: &QuorumError) -> (ResponseError, String) {
         QuorumError::NotController { .. } => ResponseError::NotController,
         QuorumError::Timeout => ResponseError::RequestTimedOut,
         // No controller can commit right now: retriable for the client.
-        QuorumError::ShuttingDown | QuorumError::Storage(_) | QuorumError::Corrupt(_) => {
-            ResponseError::NotController
-        }
+        QuorumError::ShuttingDown
+        | QuorumError::Storage(_)
+        | QuorumError::Corrupt(_)
+        | QuorumError::Unreachable { .. } => ResponseError::NotController,
+        QuorumError::Membership(_) => ResponseError::InvalidRequest,
+        QuorumError::ClusterIdMismatch(_) => ResponseError::InconsistentClusterId,
         QuorumError::DirectoryLocked { .. } | QuorumError::InvalidConfig(_) => {
             ResponseError::UnknownServerError
         }

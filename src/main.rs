@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use keel::cli::cluster::{self, ClusterCommand};
 use keel::cli::topics::{self, TopicsCommand};
 use keel::config::{BrokerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN_ADDR};
 
@@ -29,6 +30,41 @@ enum Command {
     Server(ServerArgs),
     /// Create, list, describe, delete and alter topics of a running cluster.
     Topics(TopicsArgs),
+    /// Inspect the metadata quorum and change its voters.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// The controller listener of any node of the cluster.
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    controller: Option<String>,
+    #[command(subcommand)]
+    action: ClusterAction,
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Print the controller leader, term, voters with their lag, every node's metadata
+    /// digest and, with --bootstrap-server, the brokers and whether they are fenced.
+    Status {
+        /// A broker's client address, to list registered brokers.
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap_server: Option<String>,
+    },
+    /// Add a controller voter (the node must be running, as an observer or a voter-to-be).
+    AddVoter {
+        #[arg(long)]
+        node_id: u64,
+        /// The new voter's controller listener.
+        #[arg(long, value_name = "HOST:PORT")]
+        node_address: String,
+    },
+    /// Remove a controller voter.
+    RemoveVoter {
+        #[arg(long)]
+        node_id: u64,
+    },
 }
 
 #[derive(Args)]
@@ -220,6 +256,32 @@ fn main() -> ExitCode {
             };
             runtime.block_on(topics::run(&args.bootstrap_server, cmd))
         }
+        Command::Cluster(args) => match args.controller {
+            None => Err(anyhow::Error::msg(
+                "--controller HOST:PORT (a node's controller listener) is required",
+            )),
+            Some(controller) => {
+                let cmd = match args.action {
+                    ClusterAction::Status { bootstrap_server } => ClusterCommand::Status {
+                        controller,
+                        bootstrap: bootstrap_server,
+                    },
+                    ClusterAction::AddVoter {
+                        node_id,
+                        node_address,
+                    } => ClusterCommand::AddVoter {
+                        controller,
+                        node_id,
+                        node_address,
+                    },
+                    ClusterAction::RemoveVoter { node_id } => ClusterCommand::RemoveVoter {
+                        controller,
+                        node_id,
+                    },
+                };
+                runtime.block_on(cluster::run(cmd))
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

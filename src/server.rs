@@ -1,9 +1,12 @@
 //! `keel server`: wires the node together and runs it until SIGINT or SIGTERM.
 //!
 //! Start-up order: lock the data directory and read its identity → open the metadata
-//! quorum (RocksDB) → open the partition logs the image assigns here (recovery) →
-//! register with the controller → follow the image → accept clients. Shutdown runs
-//! the other way and ends with every log flushed and its recovery point written.
+//! quorum (RocksDB; the controller RPC listener when the cluster has more than one
+//! node) → learn the cluster id and record it → and, on a broker: open the partition
+//! logs the image assigns here (recovery) → register with the controller and heartbeat
+//! until unfenced → follow the image → accept clients. Shutdown runs the other way: a
+//! broker first asks the controller to move its leaderships away (controlled
+//! shutdown), then stops accepting, flushes every log and writes recovery points.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,87 +18,116 @@ use keel_storage::fs::StdFs;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
-use crate::cluster::{identity, registration};
+use crate::cluster::{heartbeat, identity, registration};
 use crate::config::BrokerConfig;
 use crate::protocol::connection;
 use crate::replication::ReplicaManager;
 
 /// Directory under the data directory holding the metadata quorum's RocksDB.
 pub const METADATA_DIR: &str = "__cluster_metadata";
-/// How long start-up waits for the quorum to elect a controller.
-pub const CONTROLLER_ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Raft election timeout range and heartbeat, in milliseconds.
-pub const RAFT_ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
-/// Upper end of the election timeout range.
-pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
-/// Leader heartbeat interval.
+/// How long start-up waits for the quorum to elect a controller and settle the
+/// cluster id (a cluster's voters may start minutes apart).
+pub const CLUSTER_FORMATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long start-up waits for the controller to unfence this broker.
+pub const UNFENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Raft leader heartbeat interval.
 pub const RAFT_HEARTBEAT_INTERVAL_MS: u64 = 250;
 /// Metadata entries between snapshots.
 pub const RAFT_SNAPSHOT_EVERY_ENTRIES: u64 = 5000;
+
+fn quorum_config(config: &BrokerConfig, cluster_id: Option<String>) -> QuorumConfig {
+    let single_node = config.voters.len() == 1 && config.controller_listen.is_none();
+    QuorumConfig {
+        node_id: config.node_id as u64,
+        dir: config.data_dir.join(METADATA_DIR),
+        voters: config.voters.clone(),
+        controller: ControllerConfig {
+            default_num_partitions: config.num_partitions,
+            default_replication_factor: config.default_replication_factor,
+            register_brokers_unfenced: single_node,
+            broker_session_timeout_ms: config.broker_session_timeout.as_millis() as u64,
+            ..ControllerConfig::default()
+        },
+        election_timeout_min_ms: config.election_timeout_ms,
+        election_timeout_max_ms: config.election_timeout_ms * 2,
+        heartbeat_interval_ms: RAFT_HEARTBEAT_INTERVAL_MS
+            .min(config.election_timeout_ms / 4)
+            .max(10),
+        snapshot_every_entries: RAFT_SNAPSHOT_EVERY_ENTRIES,
+        controller_listen: config.controller_listen,
+        cluster_id,
+    }
+}
 
 /// Runs the node until a shutdown signal.
 ///
 /// # Errors
 /// Anything that stops start-up: a locked or corrupt data directory, an address in
-/// use, a metadata store that cannot open, a partition log corrupt below its
-/// recovery point.
+/// use, a metadata store that cannot open, another cluster's data directory, a
+/// partition log corrupt below its recovery point.
 pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    let ident = identity::prepare(&config.data_dir, config.node_id)?;
+    let mut ident = identity::prepare(&config.data_dir, config.node_id)?;
     tracing::info!(
         node_id = ident.node_id,
-        cluster_id = %ident.cluster_id,
+        broker = config.is_broker,
+        controller = config.is_controller,
         data_dir = %config.data_dir.display(),
         "starting keel"
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
-
-    let mut voters = std::collections::BTreeMap::new();
-    voters.insert(config.node_id as u64, String::new());
-    let quorum = MetadataQuorum::open(QuorumConfig {
-        node_id: config.node_id as u64,
-        dir: config.data_dir.join(METADATA_DIR),
-        voters,
-        controller: ControllerConfig {
-            default_num_partitions: config.num_partitions,
-            default_replication_factor: config.default_replication_factor,
-            ..ControllerConfig::default()
-        },
-        election_timeout_min_ms: RAFT_ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max_ms: RAFT_ELECTION_TIMEOUT_MAX_MS,
-        heartbeat_interval_ms: RAFT_HEARTBEAT_INTERVAL_MS,
-        snapshot_every_entries: RAFT_SNAPSHOT_EVERY_ENTRIES,
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "cannot open the metadata store in {}",
-            config.data_dir.join(METADATA_DIR).display()
+    let listener = if config.is_broker {
+        Some(
+            TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?,
         )
-    })?;
-    quorum
-        .wait_until_leader_known(CONTROLLER_ELECTION_TIMEOUT)
+    } else {
+        None
+    };
+
+    let metadata_dir = config.data_dir.join(METADATA_DIR);
+    let quorum = MetadataQuorum::open(quorum_config(&config, ident.cluster_id.clone()))
         .await
-        .context("no metadata controller was elected")?;
+        .with_context(|| {
+            format!(
+                "cannot open the metadata store in {}",
+                metadata_dir.display()
+            )
+        })?;
+    let cluster_id = quorum
+        .wait_cluster_id(CLUSTER_FORMATION_TIMEOUT)
+        .await
+        .context(
+            "the metadata quorum did not settle a cluster id (are a majority of the voters up?)",
+        )?;
+    ident.record_cluster_id(&cluster_id)?;
+    tracing::info!(%cluster_id, "joined the cluster");
+
+    let Some(listener) = listener else {
+        // A controller-only node: it votes, replicates and runs the controller.
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        if let Err(e) = quorum.shutdown().await {
+            tracing::warn!("metadata quorum shutdown: {e}");
+        }
+        return Ok(());
+    };
 
     let replicas = ReplicaManager::new(config.clone(), Arc::new(StdFs));
     let image = quorum.image().borrow().clone();
     tokio::task::block_in_place(|| replicas.apply(&image))?;
     replicas.remove_orphan_dirs();
 
-    let broker = Broker::new(
-        config.clone(),
-        ident.cluster_id.clone(),
-        quorum.clone(),
-        replicas.clone(),
-    );
+    let broker = Broker::new(config.clone(), cluster_id, quorum.clone(), replicas.clone());
     tokio::spawn(follow_image(broker.clone()));
-    let epoch = registration::register(&broker)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let epoch = register_until_accepted(&broker).await?;
     tracing::info!(broker_epoch = epoch, "registered with the controller");
-
+    if let Err(e) = heartbeat::beat(&broker).await {
+        tracing::debug!("first heartbeat: {e}");
+    }
+    tokio::spawn(heartbeat::run(broker.clone()));
+    if !broker.session.wait_unfenced(UNFENCE_TIMEOUT).await {
+        tracing::warn!("still fenced after {UNFENCE_TIMEOUT:?}; serving clients anyway (partitions will not be led here)");
+    }
     tokio::spawn(replicas.clone().run_housekeeping(broker.shutdown_signal()));
 
     tracing::info!(listen = %config.listen, advertised = %config.advertised(), "accepting clients");
@@ -120,6 +152,7 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    heartbeat::controlled_shutdown(&broker).await;
     broker.begin_shutdown();
     let _ = accept.await;
     replicas.shutdown().await;
@@ -129,6 +162,21 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     tracing::info!("stopped");
     drop(ident);
     Ok(())
+}
+
+/// Registers, retrying while no controller can commit (a cluster still forming).
+async fn register_until_accepted(broker: &Broker) -> anyhow::Result<i64> {
+    let deadline = tokio::time::Instant::now() + CLUSTER_FORMATION_TIMEOUT;
+    loop {
+        match registration::register(broker).await {
+            Ok(epoch) => return Ok(epoch),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("registration not accepted yet: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::msg(e)),
+        }
+    }
 }
 
 /// Applies every new committed image to the replica manager.

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs keel's whole test suite, installing what it needs on a fresh Debian machine:
-# build tools for RocksDB, kcat and iptables (apt), the Python Kafka clients (venv).
+# build tools for RocksDB, kcat and iptables (apt), the Python Kafka clients (venv),
+# kafkajs (npm); then librdkafka's own test suite (tests/librdkafka/run.sh builds it
+# from Debian's source package on first use).
 #
 #   bash tests/run.sh            the default suite (CI runs exactly this)
+#   bash tests/run.sh --bench    instead: the benchmark (tests/bench/run.sh, arguments
+#                                after --bench go to it; see docs/PERFORMANCE.md)
 #
 # Builds go to $CARGO_TARGET_DIR (default ./target); keep it between runs, a cold
 # build compiles RocksDB from source (12-25 minutes on 2 cores).
@@ -45,8 +49,32 @@ install_python_clients() {
     export KEEL_PYTHON=$venv/bin/python
 }
 
+# kafkajs (pinned by tests/node/package-lock.json) into tests/node/node_modules
+# (git-ignored), with the machine's Node.js; Debian's nodejs/npm if there is none.
+install_node_clients() {
+    if ! command -v npm >/dev/null; then
+        log "installing nodejs npm"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.installed-package-lock.json 2>/dev/null; then
+        log "installing Node.js clients"
+        (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+        cp tests/node/package-lock.json tests/node/node_modules/.installed-package-lock.json
+    fi
+}
+
+if [ "${1:-}" = --bench ]; then
+    shift
+    install_apt_packages
+    log "building keel and keel-bench (release)"
+    cargo build --release -p keel --bin keel -p keel-tests --bin keel-bench
+    exec bash tests/bench/run.sh "$@"
+fi
+
 install_apt_packages
 install_python_clients
+install_node_clients
 
 log "building (release)"
 cargo build --release --workspace --all-targets
@@ -54,4 +82,7 @@ cargo build --release --workspace --all-targets
 log "running the test suite"
 export KEEL_BIN=$TARGET_DIR/release/keel
 cargo test --release --workspace -- --test-threads=2
+
+log "running librdkafka's own test suite against keel"
+bash tests/librdkafka/run.sh
 log "all tests passed"

@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::image::BrokerImage;
 use crate::image::ImageHeader;
+use crate::image::MetadataImage;
 use crate::image::TopicImage;
+use crate::quorum::stored::SnapshotPayload;
 use crate::records::ConfigResource;
 use crate::records::MetadataBatch;
 
@@ -146,9 +148,43 @@ impl Versioned for MetadataBatch {
     const VERSION: u16 = 1;
 }
 
+/// Version 1 of [`ImageHeader`]: before the cluster id.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct ImageHeaderV1 {
+    next_producer_id: i64,
+    next_broker_epoch: i64,
+    features: BTreeMap<String, i16>,
+    last_applied_index: u64,
+}
+
+impl From<ImageHeaderV1> for ImageHeader {
+    fn from(v1: ImageHeaderV1) -> Self {
+        ImageHeader {
+            next_producer_id: v1.next_producer_id,
+            next_broker_epoch: v1.next_broker_epoch,
+            features: v1.features,
+            last_applied_index: v1.last_applied_index,
+            cluster_id: None,
+        }
+    }
+}
+
 impl Versioned for ImageHeader {
     const WHAT: &'static str = "metadata image header";
-    const VERSION: u16 = 1;
+    /// 2: adds `cluster_id`.
+    const VERSION: u16 = 2;
+
+    fn decode_older(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
+        match version {
+            1 => decode_payload::<ImageHeaderV1>(Self::WHAT, version, payload).map(Into::into),
+            _ => Err(CodecError::UnsupportedVersion {
+                what: Self::WHAT,
+                version,
+                current: Self::VERSION,
+            }),
+        }
+    }
 }
 
 impl Versioned for BrokerImage {
@@ -195,9 +231,75 @@ impl Versioned for crate::quorum::stored::StoredSnapshotMeta {
     const VERSION: u16 = 1;
 }
 
-impl Versioned for crate::quorum::stored::SnapshotPayload {
-    const WHAT: &'static str = "snapshot";
+impl Versioned for crate::quorum::rpc::RpcRequest {
+    const WHAT: &'static str = "controller RPC request";
     const VERSION: u16 = 1;
+}
+
+impl Versioned for crate::quorum::rpc::RpcResponse {
+    const WHAT: &'static str = "controller RPC response";
+    const VERSION: u16 = 1;
+}
+
+/// Version 1 of [`MetadataImage`] inside a snapshot: before the cluster id.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct MetadataImageV1 {
+    brokers: BTreeMap<i32, BrokerImage>,
+    topics: BTreeMap<uuid::Uuid, TopicImage>,
+    topic_ids_by_name: BTreeMap<String, uuid::Uuid>,
+    configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
+    next_producer_id: i64,
+    next_broker_epoch: i64,
+    features: BTreeMap<String, i16>,
+    last_applied_index: u64,
+}
+
+/// Version 1 of [`SnapshotPayload`].
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct SnapshotPayloadV1 {
+    last_applied: Option<crate::quorum::stored::StoredLogId>,
+    membership: crate::quorum::stored::StoredMembership,
+    image: MetadataImageV1,
+}
+
+impl From<SnapshotPayloadV1> for SnapshotPayload {
+    fn from(v1: SnapshotPayloadV1) -> Self {
+        let i = v1.image;
+        SnapshotPayload {
+            last_applied: v1.last_applied,
+            membership: v1.membership,
+            image: MetadataImage {
+                brokers: i.brokers,
+                topics: i.topics,
+                topic_ids_by_name: i.topic_ids_by_name,
+                configs: i.configs,
+                next_producer_id: i.next_producer_id,
+                next_broker_epoch: i.next_broker_epoch,
+                features: i.features,
+                last_applied_index: i.last_applied_index,
+                cluster_id: None,
+            },
+        }
+    }
+}
+
+impl Versioned for SnapshotPayload {
+    const WHAT: &'static str = "snapshot";
+    /// 2: the image carries `cluster_id`.
+    const VERSION: u16 = 2;
+
+    fn decode_older(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
+        match version {
+            1 => decode_payload::<SnapshotPayloadV1>(Self::WHAT, version, payload).map(Into::into),
+            _ => Err(CodecError::UnsupportedVersion {
+                what: Self::WHAT,
+                version,
+                current: Self::VERSION,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +355,61 @@ mod tests {
             decode::<MetadataBatch>(&longer),
             Err(CodecError::TrailingBytes { .. })
         ));
+    }
+
+    fn encode_v1<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        let mut out = 1u16.to_be_bytes().to_vec();
+        out.extend(bincode::serde::encode_to_vec(value, config()).unwrap());
+        out
+    }
+
+    #[test]
+    fn version_1_image_header_and_snapshot_decode_without_a_cluster_id() {
+        let header = ImageHeaderV1 {
+            next_producer_id: 7,
+            next_broker_epoch: 3,
+            features: BTreeMap::from([("x".to_string(), 1)]),
+            last_applied_index: 42,
+        };
+        let decoded: ImageHeader = decode(&encode_v1(&header)).unwrap();
+        assert_eq!(decoded.cluster_id, None);
+        assert_eq!(
+            (
+                decoded.next_producer_id,
+                decoded.next_broker_epoch,
+                decoded.last_applied_index
+            ),
+            (7, 3, 42)
+        );
+
+        let snapshot = SnapshotPayloadV1 {
+            last_applied: None,
+            membership: crate::quorum::stored::StoredMembership {
+                log_id: None,
+                configs: vec![],
+                nodes: BTreeMap::new(),
+            },
+            image: MetadataImageV1 {
+                brokers: BTreeMap::new(),
+                topics: BTreeMap::new(),
+                topic_ids_by_name: BTreeMap::new(),
+                configs: BTreeMap::new(),
+                next_producer_id: 5,
+                next_broker_epoch: 9,
+                features: BTreeMap::new(),
+                last_applied_index: 0,
+            },
+        };
+        let decoded: SnapshotPayload = decode(&encode_v1(&snapshot)).unwrap();
+        assert_eq!(decoded.image.cluster_id, None);
+        assert_eq!(decoded.image.next_broker_epoch, 9);
+        // And the current version carries the cluster id.
+        let mut current = decoded.clone();
+        current.image.cluster_id = Some("c1".to_string());
+        assert_eq!(
+            decode::<SnapshotPayload>(&encode(&current).unwrap()).unwrap(),
+            current
+        );
     }
 
     #[test]

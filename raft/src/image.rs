@@ -42,6 +42,8 @@ pub struct MetadataImage {
     pub features: BTreeMap<String, i16>,
     /// Raft log index of the last entry applied to this image (0 = none).
     pub last_applied_index: u64,
+    /// The cluster's id, once the first active controller recorded it.
+    pub cluster_id: Option<String>,
 }
 
 /// One registered broker.
@@ -83,6 +85,7 @@ pub(crate) struct ImageHeader {
     pub next_broker_epoch: i64,
     pub features: BTreeMap<String, i16>,
     pub last_applied_index: u64,
+    pub cluster_id: Option<String>,
 }
 
 /// A separately persisted part of an image.
@@ -303,6 +306,15 @@ impl MetadataImage {
                     self.features.insert(name.clone(), *level);
                 }
             }
+            MetadataRecord::ClusterId { cluster_id } => match &self.cluster_id {
+                None => self.cluster_id = Some(cluster_id.clone()),
+                Some(current) if current == cluster_id => {}
+                Some(current) => tracing::warn!(
+                    current = %current,
+                    ignored = %cluster_id,
+                    "ignoring ClusterId record: the cluster id never changes"
+                ),
+            },
         }
     }
 
@@ -441,6 +453,11 @@ impl MetadataImage {
             h.i32(i32::from(*level));
         }
         h.u64(self.last_applied_index);
+        // Hashed only when present, so images without one keep their digest.
+        if let Some(cluster_id) = &self.cluster_id {
+            h.u8(1);
+            h.str(cluster_id);
+        }
         h.finish()
     }
 
@@ -467,9 +484,9 @@ impl MetadataImage {
                 keys
             }
             MetadataRecord::Config { resource, .. } => vec![ImageKey::Config(resource.clone())],
-            MetadataRecord::ProducerIds { .. } | MetadataRecord::FeatureLevel { .. } => {
-                vec![ImageKey::Header]
-            }
+            MetadataRecord::ProducerIds { .. }
+            | MetadataRecord::FeatureLevel { .. }
+            | MetadataRecord::ClusterId { .. } => vec![ImageKey::Header],
         }
     }
 
@@ -480,6 +497,7 @@ impl MetadataImage {
             next_broker_epoch: self.next_broker_epoch,
             features: self.features.clone(),
             last_applied_index: self.last_applied_index,
+            cluster_id: self.cluster_id.clone(),
         }
     }
 
@@ -524,6 +542,7 @@ impl MetadataImage {
             next_broker_epoch: header.next_broker_epoch,
             features: header.features,
             last_applied_index: header.last_applied_index,
+            cluster_id: header.cluster_id,
         })
     }
 }

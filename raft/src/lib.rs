@@ -8,7 +8,9 @@
 //! - [`topic_config`]: the catalog of Kafka topic configs and their validation;
 //! - [`controller`]: pure `(image, request) -> (records, response)`;
 //! - [`codec`]: the single place values become versioned bytes (bincode 2);
-//! - [`quorum`]: the async shell: openraft, RocksDB, the active-controller task.
+//! - [`quorum`]: the async shell: openraft, RocksDB, the controller RPC between nodes
+//!   (voters replicate the log; observers follow it as learners), the active-controller
+//!   task.
 //!
 //! openraft and RocksDB types never appear in the public API; the broker talks to
 //! [`MetadataQuorum`] and reads [`MetadataImage`]s. This crate knows nothing of segment
@@ -25,6 +27,7 @@ pub use controller::handle;
 pub use controller::AlterConfigOp;
 pub use controller::AlterConfigsResource;
 pub use controller::AlterOp;
+pub use controller::BrokerSessions;
 pub use controller::ControllerConfig;
 pub use controller::ControllerContext;
 pub use controller::ControllerError;
@@ -33,6 +36,7 @@ pub use controller::ControllerResponse;
 pub use controller::CreateTopicResult;
 pub use controller::CreatedTopic;
 pub use controller::DeleteTopicResult;
+pub use controller::HeartbeatReply;
 pub use controller::NewPartitions;
 pub use controller::NewTopic;
 pub use controller::ProducerIdBlock;
@@ -41,6 +45,8 @@ pub use image::BrokerImage;
 pub use image::MetadataImage;
 pub use image::PartitionImage;
 pub use image::TopicImage;
+pub use quorum::MemberRole;
+pub use quorum::MemberStatus;
 pub use quorum::MetadataQuorum;
 pub use quorum::QuorumConfig;
 pub use quorum::QuorumError;

@@ -70,6 +70,12 @@ pub enum MetadataRecord {
     },
     /// A feature's finalized level; level 0 removes the feature.
     FeatureLevel { name: String, level: i16 },
+    /// The cluster's id, written once by the first active controller of a new cluster
+    /// before any other record. Later records with another id are ignored on replay.
+    ///
+    /// New variants go at the END of this enum: bincode encodes the variant index, so the
+    /// order is part of the log format.
+    ClusterId { cluster_id: String },
 }
 
 /// One listener a broker serves clients on.

@@ -12,7 +12,7 @@ use crate::broker::Broker;
 use crate::protocol::RequestContext;
 
 /// Versions served.
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 1 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 2 };
 
 /// Endpoint type "brokers" (v1); "controllers" is not served to clients.
 const ENDPOINT_TYPE_BROKERS: i8 = 1;
@@ -29,10 +29,12 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DescribeClusterRequ
                 .with_cluster_id(sb(broker.cluster_id.clone()));
         }
         let image = broker.image();
+        // v2 can ask for fenced brokers too, each marked as such.
+        let include_fenced = version >= 2 && req.include_fenced_brokers;
         let brokers = image
             .brokers
             .values()
-            .filter(|b| !b.fenced)
+            .filter(|b| include_fenced || !b.fenced)
             .filter_map(|b| {
                 let ep = b.endpoints.first()?;
                 Some(
@@ -40,7 +42,8 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DescribeClusterRequ
                         .with_broker_id(BrokerId(b.broker_id))
                         .with_host(sb(ep.host.clone()))
                         .with_port(ep.port as i32)
-                        .with_rack(b.rack.clone().map(sb)),
+                        .with_rack(b.rack.clone().map(sb))
+                        .with_is_fenced(b.fenced),
                 )
             })
             .collect();

@@ -17,11 +17,13 @@ use kafka_protocol::ResponseError;
 use keel_raft::image::MetadataImage;
 
 use super::fetch_session::{SessionPartition, SessionUse, TopicKey};
-use super::{encode, sb, Pending};
+use super::{encode, sb, Pending, Reply};
 use crate::broker::Broker;
 use crate::errors;
+use crate::protocol::segmented::{encode_response_sharing, SHARE_MIN_BYTES};
 use crate::protocol::RequestContext;
 use crate::replication::Partition;
+use keel_storage::ReadPlan;
 
 /// Versions served.
 pub const VERSIONS: VersionRange = VersionRange { min: 4, max: 16 };
@@ -114,7 +116,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
             .into_iter()
             .map(|p| resolve(&broker, &image, p))
             .collect();
-        loop {
+        let planned = loop {
             // Arm the wake-ups before looking, so a change between the look and the
             // wait is not missed.
             let mut wakeups: Vec<_> = targets
@@ -125,17 +127,25 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
             for w in wakeups.iter_mut() {
                 w.as_mut().enable();
             }
-            let ready = gather(&targets, max_bytes, false);
+            let ready = gather(&targets, max_bytes);
             let done = ready.bytes >= min_bytes
                 || ready.errors
                 || tokio::time::Instant::now() >= deadline
                 || wakeups.is_empty();
             if done {
-                break;
+                break ready;
             }
             let _ = tokio::time::timeout_at(deadline, select_all(wakeups)).await;
-        }
-        let gathered = gather(&targets, max_bytes, true);
+        };
+        // The plans that decided the wait is over are the ones read: planning again
+        // would take every partition's lock a second time.
+        let gathered = read_planned(&targets, planned);
+        let shared: Vec<Bytes> = gathered
+            .partitions
+            .iter()
+            .filter_map(|p| p.records.clone())
+            .filter(|r| r.len() >= SHARE_MIN_BYTES)
+            .collect();
         let mut topics: Vec<FetchableTopicResponse> = Vec::new();
         let mut sent = Vec::new();
         for (target, out) in targets.iter().zip(gathered.partitions) {
@@ -181,12 +191,20 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
             }
         }
         broker.fetch_sessions.record_sent(session_id, &sent);
-        encode(
-            &ctx,
-            &FetchResponse::default()
-                .with_session_id(session_id)
-                .with_responses(topics),
-        )
+        let resp = FetchResponse::default()
+            .with_session_id(session_id)
+            .with_responses(topics);
+        if shared.is_empty() {
+            return encode(&ctx, &resp);
+        }
+        // The record batches go out from the buffers they were read into.
+        match encode_response_sharing(&ctx, &resp, &shared) {
+            Ok(pieces) => Reply::Frames(pieces),
+            Err(e) => {
+                tracing::error!("cannot encode fetch v{} response: {e}", ctx.api_version);
+                Reply::Close
+            }
+        }
     })
 }
 
@@ -238,6 +256,8 @@ struct PartitionOut {
     error: i16,
     high_watermark: i64,
     log_start_offset: i64,
+    /// What to read, until [`read_planned`] turns it into `records`.
+    plan: Option<ReadPlan>,
     records: Option<Bytes>,
 }
 
@@ -247,10 +267,10 @@ struct Gathered {
     partitions: Vec<PartitionOut>,
 }
 
-/// Plans (and with `execute`, reads) every target within the byte budgets. The first
-/// batch of the first partition with data is returned even if it exceeds the
-/// budgets (KIP-74), so a big batch never blocks a consumer.
-fn gather(targets: &[Target], max_bytes: usize, execute: bool) -> Gathered {
+/// Plans a read of every target within the byte budgets (no data is read yet: see
+/// [`read_planned`]). The first batch of the first partition with data is returned
+/// even if it exceeds the budgets (KIP-74), so a big batch never blocks a consumer.
+fn gather(targets: &[Target], max_bytes: usize) -> Gathered {
     let mut out = Gathered {
         bytes: 0,
         errors: false,
@@ -265,6 +285,7 @@ fn gather(targets: &[Target], max_bytes: usize, execute: bool) -> Gathered {
                     error: e.code(),
                     high_watermark: -1,
                     log_start_offset: -1,
+                    plan: None,
                     records: None,
                 });
                 continue;
@@ -275,29 +296,12 @@ fn gather(targets: &[Target], max_bytes: usize, execute: bool) -> Gathered {
         match replica.read(t.req.fetch_offset, budget, min_one) {
             Ok(read) => {
                 out.bytes += read.plan.len();
-                let records = if execute && !read.plan.is_empty() {
-                    match read.plan.execute() {
-                        Ok(b) => Some(b),
-                        Err(e) => {
-                            tracing::warn!(topic = %t.name, partition = t.req.partition, "fetch read failed: {e}");
-                            out.errors = true;
-                            out.partitions.push(PartitionOut {
-                                error: ResponseError::KafkaStorageError.code(),
-                                high_watermark: read.high_watermark,
-                                log_start_offset: read.log_start_offset,
-                                records: None,
-                            });
-                            continue;
-                        }
-                    }
-                } else {
-                    None
-                };
                 out.partitions.push(PartitionOut {
                     error: 0,
                     high_watermark: read.high_watermark,
                     log_start_offset: read.log_start_offset,
-                    records,
+                    plan: Some(read.plan).filter(|p| !p.is_empty()),
+                    records: None,
                 });
             }
             Err(e) => {
@@ -306,10 +310,30 @@ fn gather(targets: &[Target], max_bytes: usize, execute: bool) -> Gathered {
                     error: errors::read_error(&e).code(),
                     high_watermark: replica.high_watermark(),
                     log_start_offset: replica.log_start_offset(),
+                    plan: None,
                     records: None,
                 });
             }
         }
     }
     out
+}
+
+/// Executes the plans of [`gather`] (positioned reads, no lock held). A failed read is
+/// answered with KAFKA_STORAGE_ERROR for that partition.
+fn read_planned(targets: &[Target], mut gathered: Gathered) -> Gathered {
+    for (t, out) in targets.iter().zip(gathered.partitions.iter_mut()) {
+        let Some(plan) = out.plan.take() else {
+            continue;
+        };
+        match plan.execute() {
+            Ok(bytes) => out.records = Some(bytes),
+            Err(e) => {
+                tracing::warn!(topic = %t.name, partition = t.req.partition, "fetch read failed: {e}");
+                gathered.errors = true;
+                out.error = ResponseError::KafkaStorageError.code();
+            }
+        }
+    }
+    gathered
 }

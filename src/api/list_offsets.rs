@@ -1,9 +1,13 @@
 //! ListOffsets (2): earliest, latest, max-timestamp, and offset-for-timestamp.
 //!
 //! Lookups by timestamp find the first batch whose max timestamp reaches the target
-//! through the time index, then decode that one batch to find the exact record: the
-//! only place outside tests where keel looks inside a batch.
+//! through the time index, then walk that one batch's records to find the exact one:
+//! the only place where keel reads inside a stored batch. Stored batches come from
+//! producers, so the walk trusts nothing in them: counts and lengths only bound loops
+//! over the bytes, and a compressed batch is inflated within a bound.
 
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,8 +16,8 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::protocol::VersionRange;
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
+use keel_storage::batch::{walk_records, BatchHeader, TimestampType, RECORD_BATCH_HEADER_BYTES};
 
 use super::{respond, Pending};
 use crate::broker::Broker;
@@ -120,32 +124,337 @@ fn lookup(replica: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, Res
     }
 }
 
-fn decode(batch: Bytes) -> Option<Vec<(i64, i64)>> {
-    let mut buf = batch;
-    match RecordBatchDecoder::decode(&mut buf) {
-        Ok(set) => Some(
-            set.records
-                .iter()
-                .map(|r| (r.offset, r.timestamp))
-                .collect(),
+/// Largest size one batch may inflate to in a timestamp lookup. Producers store
+/// compressed batches as they are, so a batch of `max.message.bytes` can inflate a
+/// thousandfold or more (a decompression bomb); past this the lookup answers from the
+/// batch's header instead of reading its records.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Inflated bytes all timestamp lookups in flight may hold together, so concurrent
+/// lookups cannot multiply the bound above; a lookup that would exceed it answers
+/// from the batch's header too.
+pub const MAX_INFLATED_BYTES_IN_FLIGHT: usize = 128 * 1024 * 1024;
+/// log2 of the largest zstd window a lookup decodes with (the decoder allocates it).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+/// Bytes inflated per read.
+const INFLATE_CHUNK_BYTES: usize = 64 * 1024;
+/// Compression codec ids in a batch's attributes.
+const GZIP: u8 = 1;
+const SNAPPY: u8 = 2;
+const LZ4: u8 = 3;
+const ZSTD: u8 = 4;
+/// Kafka's snappy (xerial framing): magic, then version and compatible version.
+const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_BYTES: usize = 16;
+
+/// Inflated bytes currently held by lookups (see [`MAX_INFLATED_BYTES_IN_FLIGHT`]).
+static INFLATED_BYTES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// One lookup's share of a pool of inflated bytes ([`INFLATED_BYTES_IN_FLIGHT`]),
+/// given back when dropped.
+struct InflateBudget {
+    pool: &'static AtomicUsize,
+    held: usize,
+}
+
+impl InflateBudget {
+    fn new() -> Self {
+        InflateBudget {
+            pool: &INFLATED_BYTES_IN_FLIGHT,
+            held: 0,
+        }
+    }
+
+    /// Takes `bytes` more, or explains why not.
+    fn take(&mut self, bytes: usize) -> Result<(), String> {
+        if self.held + bytes > MAX_DECOMPRESSED_BATCH_BYTES {
+            return Err(format!(
+                "inflates past {MAX_DECOMPRESSED_BATCH_BYTES} bytes"
+            ));
+        }
+        let before = self.pool.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > MAX_INFLATED_BYTES_IN_FLIGHT {
+            self.pool.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(format!(
+                "lookups in flight already hold {before} inflated bytes"
+            ));
+        }
+        self.held += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for InflateBudget {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+/// Reads `r` to its end within `budget`.
+fn read_bounded(r: &mut dyn Read, budget: &mut InflateBudget) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; INFLATE_CHUNK_BYTES];
+    loop {
+        let n = r.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        budget.take(n)?;
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Appends one raw snappy block to `out`, within `budget`.
+fn snappy_block(block: &[u8], out: &mut Vec<u8>, budget: &mut InflateBudget) -> Result<(), String> {
+    let len = snap::raw::decompress_len(block).map_err(|e| e.to_string())?;
+    budget.take(len)?;
+    let start = out.len();
+    out.resize(start + len, 0);
+    let written = snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|e| e.to_string())?;
+    out.truncate(start + written);
+    Ok(())
+}
+
+/// Kafka's snappy: xerial-framed blocks (`[u32 length][raw block]…` after a header),
+/// or one raw block, as the Java client reads either.
+fn snappy(data: &[u8], budget: &mut InflateBudget) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    if !data.starts_with(XERIAL_MAGIC) {
+        snappy_block(data, &mut out, budget)?;
+        return Ok(out);
+    }
+    let mut rest = data
+        .get(XERIAL_HEADER_BYTES..)
+        .ok_or("short xerial header")?;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or("short xerial block length")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let block = tail.get(..len).ok_or("xerial block past the batch")?;
+        snappy_block(block, &mut out, budget)?;
+        rest = &tail[len..];
+    }
+    Ok(out)
+}
+
+/// A compressed batch's records, inflated within `budget`.
+fn decompress(codec: u8, data: &[u8], budget: &mut InflateBudget) -> Result<Vec<u8>, String> {
+    match codec {
+        GZIP => read_bounded(&mut flate2::read::MultiGzDecoder::new(data), budget),
+        SNAPPY => snappy(data, budget),
+        LZ4 => read_bounded(
+            &mut lz4::Decoder::new(data).map_err(|e| e.to_string())?,
+            budget,
         ),
+        ZSTD => {
+            let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| e.to_string())?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| e.to_string())?;
+            read_bounded(&mut d, budget)
+        }
+        other => Err(format!("unknown compression codec {other}")),
+    }
+}
+
+/// Calls `visit(offset, timestamp)` for the batch's records in order until it returns
+/// `false`. Records are walked in place (or in their inflated copy), never collected:
+/// nothing is allocated from a count or length in the batch.
+fn scan(batch: &[u8], mut visit: impl FnMut(i64, i64) -> bool) -> Result<BatchHeader, String> {
+    let header = BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+    let body = batch
+        .get(RECORD_BATCH_HEADER_BYTES..header.total_bytes())
+        .ok_or("batch shorter than its length")?;
+    let mut budget = InflateBudget::new();
+    let inflated;
+    let records = match header.compression() {
+        0 => body,
+        codec => {
+            inflated = decompress(codec, body, &mut budget)?;
+            &inflated[..]
+        }
+    };
+    let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
+    walk_records(records, header.records_count, |r| {
+        let offset = header.base_offset + i64::from(r.offset_delta);
+        // Under LogAppendTime every record carries the batch's append time.
+        let timestamp = if log_append_time {
+            header.max_timestamp
+        } else {
+            header.base_timestamp.wrapping_add(r.timestamp_delta)
+        };
+        visit(offset, timestamp)
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(header)
+}
+
+/// The record `pick` chooses while scanning, or — for a batch that cannot be scanned
+/// (it does not decode, or it inflates past the bound) — the batch's base offset and
+/// max timestamp, the nearest answer its header gives.
+fn pick_record(
+    batch: &[u8],
+    mut pick: impl FnMut(i64, i64, &mut Option<(i64, i64)>) -> bool,
+) -> Option<(i64, i64)> {
+    let mut found = None;
+    match scan(batch, |o, t| pick(o, t, &mut found)) {
+        Ok(_) => found,
         Err(e) => {
-            tracing::warn!("cannot decode batch for a timestamp lookup: {e}");
-            None
+            tracing::warn!("cannot read a batch's records for a timestamp lookup: {e}");
+            BatchHeader::parse(batch)
+                .ok()
+                .map(|h| (h.base_offset, h.max_timestamp))
         }
     }
 }
 
 fn first_record_at_or_after(batch: Bytes, ts: i64) -> Option<(i64, i64)> {
-    decode(batch)?.into_iter().find(|(_, t)| *t >= ts)
+    pick_record(&batch, |o, t, found| {
+        if t >= ts {
+            *found = Some((o, t));
+            return false;
+        }
+        true
+    })
 }
 
 fn max_timestamp_record(batch: Bytes) -> Option<(i64, i64)> {
     // The first record holding the largest timestamp, as Kafka answers.
-    decode(batch)?
-        .into_iter()
-        .fold(None, |best, (o, t)| match best {
-            Some((_, bt)) if bt >= t => best,
-            _ => Some((o, t)),
-        })
+    pick_record(&batch, |o, t, best| {
+        if best.is_none_or(|(_, bt)| t > bt) {
+            *best = Some((o, t));
+        }
+        true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType as KTimestampType,
+    };
+    use keel_storage::testing::BatchBuilder;
+
+    fn encoded(compression: Compression, timestamps: &[i64]) -> Bytes {
+        let records: Vec<Record> = timestamps
+            .iter()
+            .enumerate()
+            .map(|(i, ts)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: KTimestampType::Creation,
+                offset: 100 + i as i64,
+                // The encoder starts a new batch where offset - sequence changes.
+                sequence: i as i32 - 1,
+                timestamp: *ts,
+                key: None,
+                value: Some(Bytes::from(vec![b'v'; 200])),
+                headers: IndexMap::new(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn lookups_read_every_codec() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let batch = encoded(codec, &[50, 10, 70, 70, 30]);
+            assert_eq!(
+                first_record_at_or_after(batch.clone(), 60),
+                Some((102, 70)),
+                "{codec:?}"
+            );
+            assert_eq!(first_record_at_or_after(batch.clone(), 5), Some((100, 50)));
+            assert_eq!(first_record_at_or_after(batch.clone(), 71), None);
+            assert_eq!(max_timestamp_record(batch), Some((102, 70)), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_lies_about_its_records_is_answered_from_its_header() {
+        let mut batch = BatchBuilder::new(1, 8)
+            .base_offset(40)
+            .timestamp(1_000)
+            .build();
+        batch[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let batch = Bytes::from(batch);
+        assert_eq!(
+            first_record_at_or_after(batch.clone(), 0),
+            Some((40, 1_000))
+        );
+        assert_eq!(max_timestamp_record(batch), Some((40, 1_000)));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_not_inflated_past_the_bound() {
+        // 128 MiB of zeros in a few kilobytes.
+        let zeros = vec![0u8; 1 << 20];
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        for _ in 0..128 {
+            std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let err = decompress(ZSTD, &bomb, &mut InflateBudget::new()).unwrap_err();
+        assert!(err.contains("inflates past"), "{err}");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for _ in 0..128 {
+            std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(decompress(GZIP, &bomb, &mut InflateBudget::new())
+            .unwrap_err()
+            .contains("inflates past"));
+        // A raw snappy block that claims 4 GiB.
+        let claim = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
+        assert!(decompress(SNAPPY, &claim, &mut InflateBudget::new()).is_err());
+    }
+
+    #[test]
+    fn concurrent_lookups_share_one_inflation_budget() {
+        static POOL: AtomicUsize = AtomicUsize::new(0);
+        let budget = || InflateBudget {
+            pool: &POOL,
+            held: 0,
+        };
+        let per_lookup = MAX_DECOMPRESSED_BATCH_BYTES;
+        let mut held: Vec<InflateBudget> = Vec::new();
+        for _ in 0..MAX_INFLATED_BYTES_IN_FLIGHT / per_lookup {
+            let mut b = budget();
+            b.take(per_lookup).unwrap();
+            held.push(b);
+        }
+        let mut late = budget();
+        assert!(late.take(1).unwrap_err().contains("in flight"));
+        // A lookup that finishes gives its share back.
+        held.pop();
+        late.take(per_lookup).unwrap();
+        drop(held);
+        drop(late);
+        assert_eq!(POOL.load(Ordering::Acquire), 0);
+    }
 }

@@ -26,6 +26,9 @@ use crate::protocol::{encode_response, RequestContext};
 pub enum Reply {
     /// Send this response frame.
     Frame(Bytes),
+    /// Send these pieces, in order, as one response frame (record data shared with
+    /// the read that produced it, not copied: see `protocol::segmented`).
+    Frames(Vec<Bytes>),
     /// Send nothing (a produce with acks=0).
     None,
     /// Close the connection.

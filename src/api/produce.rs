@@ -2,7 +2,7 @@
 //!
 //! The path: decode (batches stay bytes) → per partition, validate and append under
 //! the partition lock, in request order (`Partition::append_as_leader` →
-//! `keel_storage::Log::append_as_leader`) → for acks=all, wait for the group commit
+//! `keel_storage::Log::append_as_leader_shared`) → for acks=all, wait for the group commit
 //! that makes the batch durable → answer. Records are never decoded individually.
 
 use std::sync::Arc;
@@ -85,16 +85,27 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 continue;
             };
             let Some(records) = data.records.filter(|r| !r.is_empty()) else {
+                // Kafka: "must have at least one record batch" (InvalidRecordException).
                 partitions.push(
-                    fail(resp, ResponseError::CorruptMessage)
+                    fail(resp, ResponseError::InvalidRecord)
                         .with_error_message(Some(sb("no record batches"))),
                 );
                 continue;
             };
-            // The batches are patched in place (offsets, leader epoch), so they need a
-            // buffer of their own: one copy, no per-record work.
-            let mut batches = records.to_vec();
-            match replica.append_as_leader(&mut batches, now) {
+            // Written straight from the request frame: the storage layer writes the
+            // patched headers (offsets, leader epoch) next to the rest of each batch,
+            // so the bytes are not copied and no record is decoded.
+            let appended = replica.append_as_leader(&records, now);
+            if let Ok(LeaderAppend::Duplicate(info)) = &appended {
+                // A retry whose first attempt was written: answered, not rewritten.
+                tracing::info!(
+                    topic = %name,
+                    partition = data.index,
+                    base_offset = info.base_offset,
+                    "duplicate idempotent batch answered with its original offset"
+                );
+            }
+            match appended {
                 Ok(LeaderAppend::Appended(info)) | Ok(LeaderAppend::Duplicate(info)) => {
                     resp = resp
                         .with_base_offset(info.base_offset)

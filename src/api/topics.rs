@@ -39,6 +39,7 @@ pub fn create_topics(
     ctx: RequestContext,
     req: CreateTopicsRequest,
 ) -> Pending {
+    let req_timeout_ms = req.timeout_ms;
     respond(ctx, async move {
         let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
         let topics = req
@@ -74,7 +75,10 @@ pub fn create_topics(
             topics,
             validate_only: req.validate_only,
         };
-        let results = match broker.submit(request).await {
+        let results = match broker
+            .submit_within(request, client_timeout(req_timeout_ms))
+            .await
+        {
             Ok(ControllerResponse::CreateTopics(results)) => results,
             Ok(other) => {
                 tracing::error!("controller answered CreateTopics with {other:?}");
@@ -153,6 +157,7 @@ pub fn delete_topics(
     ctx: RequestContext,
     req: DeleteTopicsRequest,
 ) -> Pending {
+    let req_timeout_ms = req.timeout_ms;
     let version = ctx.api_version;
     respond(ctx, async move {
         let refs: Vec<TopicRef> = if version >= 6 {
@@ -180,8 +185,9 @@ pub fn delete_topics(
                     .with_topic_id(*id),
             })
             .collect();
+        let delete = ControllerRequest::DeleteTopics { topics: refs };
         let results = match broker
-            .submit(ControllerRequest::DeleteTopics { topics: refs })
+            .submit_within(delete, client_timeout(req_timeout_ms))
             .await
         {
             Ok(ControllerResponse::DeleteTopics(results)) => results,
@@ -231,6 +237,7 @@ pub fn create_partitions(
     ctx: RequestContext,
     req: CreatePartitionsRequest,
 ) -> Pending {
+    let req_timeout_ms = req.timeout_ms;
     respond(ctx, async move {
         let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
         let topics = req
@@ -250,29 +257,31 @@ pub fn create_partitions(
             topics,
             validate_only: req.validate_only,
         };
-        let results: Vec<(String, Result<(), (ResponseError, String)>)> =
-            match broker.submit(request).await {
-                Ok(ControllerResponse::CreatePartitions(results)) => results
-                    .into_iter()
-                    .map(|(n, r)| (n, r.map_err(|e| errors::controller_error(&e))))
-                    .collect(),
-                Ok(_) => names
-                    .into_iter()
-                    .map(|n| {
-                        (
-                            n,
-                            Err((
-                                ResponseError::UnknownServerError,
-                                "unexpected controller answer".into(),
-                            )),
-                        )
-                    })
-                    .collect(),
-                Err(e) => {
-                    let err = errors::quorum_error(&e);
-                    names.into_iter().map(|n| (n, Err(err.clone()))).collect()
-                }
-            };
+        let results: Vec<(String, Result<(), (ResponseError, String)>)> = match broker
+            .submit_within(request, client_timeout(req_timeout_ms))
+            .await
+        {
+            Ok(ControllerResponse::CreatePartitions(results)) => results
+                .into_iter()
+                .map(|(n, r)| (n, r.map_err(|e| errors::controller_error(&e))))
+                .collect(),
+            Ok(_) => names
+                .into_iter()
+                .map(|n| {
+                    (
+                        n,
+                        Err((
+                            ResponseError::UnknownServerError,
+                            "unexpected controller answer".into(),
+                        )),
+                    )
+                })
+                .collect(),
+            Err(e) => {
+                let err = errors::quorum_error(&e);
+                names.into_iter().map(|n| (n, Err(err.clone()))).collect()
+            }
+        };
         let results = results
             .into_iter()
             .map(|(name, r)| {
@@ -287,4 +296,9 @@ pub fn create_partitions(
             .collect();
         CreatePartitionsResponse::default().with_results(results)
     })
+}
+
+/// The time a client allows for an admin request.
+fn client_timeout(timeout_ms: i32) -> std::time::Duration {
+    std::time::Duration::from_millis(timeout_ms.max(0) as u64)
 }

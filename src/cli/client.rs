@@ -10,8 +10,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How long the CLI waits to connect or for an answer.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the CLI waits to connect or for an answer; longer than the broker's own
+/// admin timeout, so the broker's REQUEST_TIMED_OUT arrives before the CLI gives up.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Largest response the CLI accepts.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 

@@ -1,4 +1,5 @@
 //! Command-line tools that talk to a running broker over the Kafka protocol.
 
 pub mod client;
+pub mod cluster;
 pub mod topics;

@@ -30,6 +30,13 @@ pub enum IdentityError {
     /// `meta.properties` exists but cannot be parsed.
     #[error("data directory {path} is corrupt: {reason}; restore it from a replica or move it aside to start empty")]
     Corrupt { path: PathBuf, reason: String },
+    /// The directory belongs to another cluster.
+    #[error("data directory {path} belongs to cluster {on_disk}, but the metadata quorum is cluster {cluster}; a node cannot move between clusters")]
+    ClusterMismatch {
+        path: PathBuf,
+        on_disk: String,
+        cluster: String,
+    },
     /// The directory belongs to another node.
     #[error("data directory {path} belongs to node {on_disk}, but this node is {configured} (node.id); use that node's own directory")]
     NodeMismatch {
@@ -41,14 +48,16 @@ pub enum IdentityError {
 
 /// A locked data directory and the identity stored in it.
 pub struct NodeIdentity {
-    /// Cluster id.
-    pub cluster_id: String,
+    /// Cluster id, once known: read from `meta.properties`, or learned from the
+    /// metadata quorum at first start and then written (`record_cluster_id`).
+    pub cluster_id: Option<String>,
     /// Node id.
     pub node_id: i32,
+    data_dir: PathBuf,
     _lock: File,
 }
 
-/// Locks `data_dir` (creating it if needed) and reads or writes its `meta.properties`.
+/// Locks `data_dir` (creating it if needed) and reads its `meta.properties`, if any.
 ///
 /// # Errors
 /// The directory is in use, unreadable, corrupt, or another node's.
@@ -80,7 +89,7 @@ pub fn prepare(data_dir: &Path, node_id: i32) -> Result<NodeIdentity, IdentityEr
         path: data_dir.to_path_buf(),
         reason,
     };
-    match checkpoint::read_file(&StdFs, &path).map_err(io)? {
+    let cluster_id = match checkpoint::read_file(&StdFs, &path).map_err(io)? {
         Some(bytes) => {
             let text = String::from_utf8(bytes)
                 .map_err(|_| corrupt("meta.properties is not text".into()))?;
@@ -101,24 +110,48 @@ pub fn prepare(data_dir: &Path, node_id: i32) -> Result<NodeIdentity, IdentityEr
                     configured: node_id,
                 });
             }
-            Ok(NodeIdentity {
-                cluster_id,
-                node_id,
-                _lock: lock,
-            })
+            Some(cluster_id)
         }
-        None => {
-            let cluster_id = new_cluster_id();
-            let text = format!(
-                "#keel node identity; do not edit\nversion={META_PROPERTIES_VERSION}\ncluster.id={cluster_id}\nnode.id={node_id}\n"
-            );
-            checkpoint::write_atomic(&StdFs, &path, text.as_bytes()).map_err(io)?;
-            tracing::info!(cluster_id, node_id, dir = %data_dir.display(), "formatted new data directory");
-            Ok(NodeIdentity {
-                cluster_id,
-                node_id,
-                _lock: lock,
-            })
+        None => None,
+    };
+    Ok(NodeIdentity {
+        cluster_id,
+        node_id,
+        data_dir: data_dir.to_path_buf(),
+        _lock: lock,
+    })
+}
+
+impl NodeIdentity {
+    /// Writes `meta.properties` once the cluster id is known (first start), or checks
+    /// that it matches the one on disk.
+    ///
+    /// # Errors
+    /// A different cluster id on disk, or an I/O error.
+    pub fn record_cluster_id(&mut self, cluster_id: &str) -> Result<(), IdentityError> {
+        match &self.cluster_id {
+            Some(existing) if existing == cluster_id => Ok(()),
+            Some(existing) => Err(IdentityError::ClusterMismatch {
+                path: self.data_dir.clone(),
+                on_disk: existing.clone(),
+                cluster: cluster_id.to_string(),
+            }),
+            None => {
+                let text = format!(
+                    "#keel node identity; do not edit\nversion={META_PROPERTIES_VERSION}\ncluster.id={cluster_id}\nnode.id={}\n",
+                    self.node_id
+                );
+                let path = self.data_dir.join(META_PROPERTIES_FILE);
+                checkpoint::write_atomic(&StdFs, &path, text.as_bytes()).map_err(|e| {
+                    IdentityError::Io {
+                        path: self.data_dir.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                tracing::info!(cluster_id, node_id = self.node_id, dir = %self.data_dir.display(), "formatted new data directory");
+                self.cluster_id = Some(cluster_id.to_string());
+                Ok(())
+            }
         }
     }
 }
@@ -154,11 +187,26 @@ mod tests {
     }
 
     #[test]
-    fn identity_survives_restart_and_refuses_another_node() {
+    fn identity_survives_restart_and_refuses_another_node_or_cluster() {
         let dir = tempfile::tempdir().unwrap();
-        let id = prepare(dir.path(), 3).unwrap().cluster_id;
+        let mut ident = prepare(dir.path(), 3).unwrap();
+        assert_eq!(
+            ident.cluster_id, None,
+            "a fresh directory has no cluster yet"
+        );
+        let id = new_cluster_id();
         assert_eq!(id.len(), 22);
-        assert_eq!(prepare(dir.path(), 3).unwrap().cluster_id, id);
+        ident.record_cluster_id(&id).unwrap();
+        drop(ident);
+        let mut again = prepare(dir.path(), 3).unwrap();
+        assert_eq!(again.cluster_id.as_deref(), Some(id.as_str()));
+        again.record_cluster_id(&id).unwrap();
+        let err = again.record_cluster_id("another-cluster").unwrap_err();
+        assert!(
+            matches!(err, IdentityError::ClusterMismatch { .. }),
+            "{err}"
+        );
+        drop(again);
         assert!(matches!(
             prepare(dir.path(), 4),
             Err(IdentityError::NodeMismatch { on_disk: 3, .. })

@@ -22,7 +22,7 @@ pub async fn register(broker: &Broker) -> Result<i64, String> {
             host: broker.config.advertise_host.clone(),
             port: broker.config.advertise_port,
         }],
-        rack: None,
+        rack: broker.config.rack.clone(),
     };
     match broker.submit(req).await {
         Ok(ControllerResponse::RegisterBroker(Ok(epoch))) => {

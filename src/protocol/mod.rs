@@ -5,6 +5,8 @@
 pub mod connection;
 pub mod dispatch;
 pub mod frame;
+pub mod guard;
+pub mod segmented;
 pub mod versions;
 
 use bytes::{BufMut, Bytes, BytesMut};

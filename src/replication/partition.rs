@@ -134,17 +134,18 @@ impl Partition {
         self.log().set_config(config);
     }
 
-    /// Appends a producer's batches as leader. Does not wait for fsync.
+    /// Appends a producer's batches as leader, straight from the caller's bytes (not
+    /// copied, not modified). Does not wait for fsync.
     ///
     /// # Errors
     /// Invalid batches, producer-state violations and I/O errors from the log.
     pub fn append_as_leader(
         &self,
-        batches: &mut [u8],
+        batches: &[u8],
         now_ms: i64,
     ) -> Result<LeaderAppend, AppendError> {
         let mut log = self.log();
-        let result = log.append_as_leader(batches, self.leader_epoch(), now_ms)?;
+        let result = log.append_as_leader_shared(batches, self.leader_epoch(), now_ms)?;
         let end = log.log_end_offset();
         self.log_end_offset.store(end, Ordering::Release);
         self.log_start_offset

@@ -304,7 +304,8 @@ impl<'a> Iterator for BatchIter<'a> {
 /// Checks everything about one batch that does not depend on the log it goes into.
 ///
 /// # Errors
-/// `TooLarge`, `CorruptCrc`, `InvalidRecordCount`, `InvalidOffsetDelta`, `InvalidCompression`.
+/// `TooLarge`, `CorruptCrc`, `InvalidRecordCount`, `InvalidOffsetDelta`, `InvalidCompression`,
+/// checked in that order.
 pub fn validate_batch(
     header: &BatchHeader,
     bytes: &[u8],
@@ -316,6 +317,15 @@ pub fn validate_batch(
             max: max_batch_bytes,
         });
     }
+    // The CRC first, as Kafka checks it: damaged bytes are CORRUPT_MESSAGE (retriable)
+    // even where the damage also makes a field below invalid.
+    let actual = compute_crc(bytes);
+    if actual != header.crc {
+        return Err(BatchError::CorruptCrc {
+            expected: header.crc,
+            actual,
+        });
+    }
     if header.records_count < 0 {
         return Err(BatchError::InvalidRecordCount(header.records_count));
     }
@@ -324,13 +334,6 @@ pub fn validate_batch(
     }
     if header.compression() > MAX_COMPRESSION_CODEC {
         return Err(BatchError::InvalidCompression(header.compression()));
-    }
-    let actual = compute_crc(bytes);
-    if actual != header.crc {
-        return Err(BatchError::CorruptCrc {
-            expected: header.crc,
-            actual,
-        });
     }
     Ok(())
 }
@@ -356,6 +359,176 @@ pub fn validate_batches(
         headers.push(header);
     }
     Ok(headers)
+}
+
+/// Most bytes a varint (zigzag `int32`) takes, as Kafka reads it.
+const MAX_VARINT_BYTES: usize = 5;
+/// Most bytes a varlong (zigzag `int64`) takes.
+const MAX_VARLONG_BYTES: usize = 10;
+
+/// Why a batch's records do not frame the way its header and their own length
+/// fields say (Kafka: INVALID_RECORD).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("record {index}: {reason}")]
+pub struct RecordFramingError {
+    /// Position of the record in the batch (the count, if the bytes run out first).
+    pub index: i64,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// The fields of one record that locate it: its offset and timestamp deltas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordPosition {
+    /// Offset of the record minus the batch's `baseOffset`.
+    pub offset_delta: i32,
+    /// Timestamp of the record minus the batch's `baseTimestamp`.
+    pub timestamp_delta: i64,
+}
+
+/// Reads an unsigned LEB128 value of at most `max_bytes` bytes from `buf` at `*pos`.
+fn read_unsigned_leb128(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    for i in 0..max_bytes {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn zigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i32> {
+    let v = zigzag(read_unsigned_leb128(buf, pos, MAX_VARINT_BYTES)?);
+    i32::try_from(v).ok()
+}
+
+fn read_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    Some(zigzag(read_unsigned_leb128(buf, pos, MAX_VARLONG_BYTES)?))
+}
+
+/// Skips a length-prefixed field of `len` bytes (negative: null) inside `body`.
+fn skip(body: &[u8], pos: &mut usize, len: i32) -> Option<()> {
+    if len < 0 {
+        return Some(());
+    }
+    let end = pos.checked_add(len as usize)?;
+    if end > body.len() {
+        return None;
+    }
+    *pos = end;
+    Some(())
+}
+
+/// Parses one record body (everything after its length varint).
+fn parse_record_body(body: &[u8]) -> Result<RecordPosition, &'static str> {
+    let mut pos = 1; // attributes
+    if body.is_empty() {
+        return Err("record body is empty");
+    }
+    let timestamp_delta = read_varlong(body, &mut pos).ok_or("bad timestamp delta")?;
+    let offset_delta = read_varint(body, &mut pos).ok_or("bad offset delta")?;
+    let key_len = read_varint(body, &mut pos).ok_or("bad key length")?;
+    skip(body, &mut pos, key_len).ok_or("key runs past the record")?;
+    let value_len = read_varint(body, &mut pos).ok_or("bad value length")?;
+    skip(body, &mut pos, value_len).ok_or("value runs past the record")?;
+    let headers = read_varint(body, &mut pos).ok_or("bad header count")?;
+    if headers < 0 {
+        return Err("negative header count");
+    }
+    for _ in 0..headers {
+        // Each header takes at least two bytes, so a count past the body fails here
+        // after at most body.len() / 2 rounds.
+        let key_len = read_varint(body, &mut pos).ok_or("bad header key length")?;
+        if key_len < 0 {
+            return Err("negative header key length");
+        }
+        skip(body, &mut pos, key_len).ok_or("header key runs past the record")?;
+        let value_len = read_varint(body, &mut pos).ok_or("bad header value length")?;
+        skip(body, &mut pos, value_len).ok_or("header value runs past the record")?;
+    }
+    if pos != body.len() {
+        return Err("record length disagrees with its fields");
+    }
+    Ok(RecordPosition {
+        offset_delta,
+        timestamp_delta,
+    })
+}
+
+/// Walks the uncompressed records that follow a batch header (`records` is the batch
+/// from byte 61 on, or a compressed batch's records once decompressed), checking the
+/// framing Kafka checks when it reads them: exactly `count` records, each as long as
+/// its length varint says, no negative header counts or header key lengths, and no
+/// bytes after the last record. `visit` sees each record in order and returns `false`
+/// to stop early (the rest is then not checked).
+///
+/// Nothing is allocated: lengths and counts from the bytes only ever bound loops over
+/// the bytes themselves.
+///
+/// # Errors
+/// The first framing problem found.
+pub fn walk_records(
+    records: &[u8],
+    count: i32,
+    mut visit: impl FnMut(RecordPosition) -> bool,
+) -> Result<(), RecordFramingError> {
+    let mut pos = 0;
+    let mut index: i64 = 0;
+    let fail = |index, reason| Err(RecordFramingError { index, reason });
+    while index < i64::from(count) {
+        if pos >= records.len() {
+            return fail(index, "fewer records than the batch header counts");
+        }
+        let Some(len) = read_varint(records, &mut pos) else {
+            return fail(index, "bad record length");
+        };
+        let Some(end) = usize::try_from(len).ok().and_then(|l| pos.checked_add(l)) else {
+            return fail(index, "negative record length");
+        };
+        if end > records.len() {
+            return fail(index, "record runs past the batch");
+        }
+        match parse_record_body(&records[pos..end]) {
+            Ok(position) => {
+                if !visit(position) {
+                    return Ok(());
+                }
+            }
+            Err(reason) => return fail(index, reason),
+        }
+        pos = end;
+        index += 1;
+    }
+    if pos != records.len() {
+        return fail(index, "bytes after the last record the header counts");
+    }
+    Ok(())
+}
+
+/// Checks the records of an uncompressed batch (`batch` is the whole batch, header
+/// included) against its header; compressed batches are not looked into.
+///
+/// # Errors
+/// See [`walk_records`].
+pub fn validate_uncompressed_records(
+    header: &BatchHeader,
+    batch: &[u8],
+) -> Result<(), RecordFramingError> {
+    if header.compression() != 0 || batch.len() < RECORD_BATCH_HEADER_BYTES {
+        return Ok(());
+    }
+    walk_records(
+        &batch[RECORD_BATCH_HEADER_BYTES..],
+        header.records_count,
+        |_| true,
+    )
 }
 
 /// Overwrites `baseOffset` (outside the CRC, so the CRC stays valid).
@@ -510,6 +683,154 @@ mod tests {
         assert_eq!(increment_sequence(i32::MAX, 1), 0);
         assert_eq!(increment_sequence(i32::MAX - 1, 3), 1);
         assert_eq!(increment_sequence(5, 0), 5);
+    }
+
+    fn records_of(batch: &[u8]) -> Result<Vec<RecordPosition>, RecordFramingError> {
+        let h = BatchHeader::parse(batch).expect("header");
+        let mut seen = Vec::new();
+        walk_records(&batch[RECORD_BATCH_HEADER_BYTES..], h.records_count, |r| {
+            seen.push(r);
+            true
+        })?;
+        Ok(seen)
+    }
+
+    fn reseal(batch: &mut [u8]) {
+        let len = (batch.len() - LOG_OVERHEAD_BYTES) as i32;
+        batch[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = compute_crc(batch);
+        batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn the_records_of_a_built_batch_walk_cleanly() {
+        let bytes = BatchBuilder::new(5, 33).timestamp(100).build();
+        let seen = records_of(&bytes).unwrap();
+        assert_eq!(seen.len(), 5);
+        assert_eq!(
+            seen[3],
+            RecordPosition {
+                offset_delta: 3,
+                timestamp_delta: 3
+            }
+        );
+        let h = BatchHeader::parse(&bytes).unwrap();
+        assert_eq!(validate_uncompressed_records(&h, &bytes), Ok(()));
+        // Stopping early visits only what was asked for.
+        let mut visited = 0;
+        walk_records(&bytes[RECORD_BATCH_HEADER_BYTES..], 5, |_| {
+            visited += 1;
+            visited < 2
+        })
+        .unwrap();
+        assert_eq!(visited, 2);
+    }
+
+    #[test]
+    fn a_record_count_that_disagrees_with_the_records_is_refused() {
+        let mut more = BatchBuilder::new(2, 4).build();
+        more[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4]
+            .copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(
+            records_of(&more).unwrap_err().reason,
+            "fewer records than the batch header counts"
+        );
+        let mut fewer = BatchBuilder::new(2, 4).build();
+        fewer[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4].copy_from_slice(&1i32.to_be_bytes());
+        assert_eq!(
+            records_of(&fewer).unwrap_err().reason,
+            "bytes after the last record the header counts"
+        );
+    }
+
+    #[test]
+    fn lengths_and_counts_inside_a_record_must_fit_it() {
+        // One record: [len 14][attr][ts 0][off 0][key -1][value 8][8 bytes][headers 0].
+        let good = BatchBuilder::new(1, 8).build();
+        assert_eq!(good.len(), RECORD_BATCH_HEADER_BYTES + 15);
+        let last = good.len() - 1;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            // A header count of 2^30: no allocation, just a short walk to the end.
+            (
+                {
+                    let mut b = good.clone();
+                    b[last] = 0x80;
+                    b.extend_from_slice(&[0x80, 0x80, 0x80, 0x08]);
+                    b[RECORD_BATCH_HEADER_BYTES] += 8;
+                    b
+                },
+                "bad header key length",
+            ),
+            // Header count -1.
+            (
+                {
+                    let mut b = good.clone();
+                    b[last] = 1;
+                    b
+                },
+                "negative header count",
+            ),
+            // Value length 100 in a 14-byte record.
+            (
+                {
+                    let mut b = good.clone();
+                    b[RECORD_BATCH_HEADER_BYTES + 5] = 200;
+                    b
+                },
+                "value runs past the record",
+            ),
+            // Record length 40 in a 15-byte remainder.
+            (
+                {
+                    let mut b = good.clone();
+                    b[RECORD_BATCH_HEADER_BYTES] = 80;
+                    b
+                },
+                "record runs past the batch",
+            ),
+            // Record length -1.
+            (
+                {
+                    let mut b = good.clone();
+                    b[RECORD_BATCH_HEADER_BYTES] = 1;
+                    b
+                },
+                "negative record length",
+            ),
+            // A varint of six bytes.
+            (
+                {
+                    let mut b = good.clone();
+                    b.truncate(RECORD_BATCH_HEADER_BYTES);
+                    b.extend_from_slice(&[0xff; 6]);
+                    b
+                },
+                "bad record length",
+            ),
+        ];
+        for (mut batch, reason) in cases {
+            reseal(&mut batch);
+            assert_eq!(records_of(&batch).unwrap_err().reason, reason);
+        }
+    }
+
+    #[test]
+    fn compressed_batches_are_not_looked_into() {
+        let mut b = BatchBuilder::new(1, 8).build();
+        b[ATTRIBUTES_OFFSET + 1] |= 4; // zstd: the record bytes are not a record walk
+        b[RECORD_BATCH_HEADER_BYTES] = 1;
+        let h = BatchHeader::parse(&b).unwrap();
+        assert_eq!(validate_uncompressed_records(&h, &b), Ok(()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn walking_arbitrary_record_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            count in proptest::num::i32::ANY,
+        ) {
+            let _ = walk_records(&bytes, count, |_| true);
+        }
     }
 
     #[test]

@@ -424,3 +424,39 @@ fn log_and_plans_can_cross_threads() {
     log.flush_completed(&flushed.expect("flush"));
     assert_eq!(log.flushed_offset(), 2);
 }
+
+#[test]
+fn shared_append_stores_what_in_place_append_stores_and_leaves_its_input_alone() {
+    for timestamp_type in [TimestampType::CreateTime, TimestampType::LogAppendTime] {
+        let config = LogConfig {
+            message_timestamp_type: timestamp_type,
+            ..LogConfig::default()
+        };
+        let mut input = batch(3, 100, 100);
+        input.extend(batch(4, 2000, 200));
+        let original = input.clone();
+
+        let (fs, dir) = faulty_fs();
+        let (mut in_place, _) = open(&fs, &dir, config.clone(), 0);
+        append(&mut in_place, batch(2, 10, 50));
+        let mut patched = input.clone();
+        let a = in_place.append_as_leader(&mut patched, 4, NOW_MS).unwrap();
+
+        let (fs2, dir2) = faulty_fs();
+        let (mut shared, _) = open(&fs2, &dir2, config, 0);
+        append(&mut shared, batch(2, 10, 50));
+        let b = shared.append_as_leader_shared(&input, 4, NOW_MS).unwrap();
+
+        assert_eq!(a, b, "{timestamp_type:?}");
+        assert_eq!(
+            input, original,
+            "{timestamp_type:?}: the input was modified"
+        );
+        assert_eq!(read_all(&shared), read_all(&in_place), "{timestamp_type:?}");
+        assert_eq!(
+            &read_all(&shared)[read_all(&shared).len() - patched.len()..],
+            &patched[..]
+        );
+        assert_eq!(shared.log_end_offset(), 9);
+    }
+}

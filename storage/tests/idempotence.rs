@@ -52,14 +52,6 @@ fn a_retried_batch_is_answered_with_its_original_offsets() {
 fn a_sequence_gap_is_out_of_order() {
     let (fs, dir) = faulty_fs();
     let (mut log, _) = open(&fs, &dir, LogConfig::default(), 0);
-    assert!(matches!(
-        produce(&mut log, 0, 5, 1),
-        Err(AppendError::OutOfOrderSequence {
-            expected: 0,
-            received: 5,
-            ..
-        })
-    ));
     appended(produce(&mut log, 0, 0, 2));
     assert!(matches!(
         produce(&mut log, 0, 3, 1),
@@ -75,6 +67,24 @@ fn a_sequence_gap_is_out_of_order() {
     ));
     appended(produce(&mut log, 0, 2, 1));
     assert_eq!(log.log_end_offset(), 3);
+}
+
+/// Kafka (KIP-360) lets a producer the partition does not know start at any sequence:
+/// its state may have expired while it was idle, and it continues where it was.
+#[test]
+fn an_unknown_producer_may_continue_its_sequence() {
+    let (fs, dir) = faulty_fs();
+    let (mut log, _) = open(&fs, &dir, LogConfig::default(), 0);
+    assert_eq!(appended(produce(&mut log, 0, 5, 1)), (0, 0));
+    assert!(matches!(
+        produce(&mut log, 0, 7, 1),
+        Err(AppendError::OutOfOrderSequence {
+            expected: 6,
+            received: 7,
+            ..
+        })
+    ));
+    assert_eq!(appended(produce(&mut log, 0, 6, 1)), (1, 1));
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Real Kafka clients driven as subprocesses: kcat (Debian's package) and Python
-//! scripts using confluent-kafka, installed into a venv by `tests/run.sh`.
+//! Real Kafka clients driven as subprocesses: kcat (Debian's package), Python
+//! scripts using confluent-kafka and kafka-python (installed into a venv by
+//! `tests/run.sh`) and Node.js scripts using kafkajs (`npm ci` in `tests/node/`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -23,6 +24,36 @@ pub fn python() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// Node.js: `$KEEL_NODE` or `node` on PATH, with the packages of `tests/node/`
+/// installed (`tests/run.sh` runs `npm ci` there).
+pub fn node() -> anyhow::Result<PathBuf> {
+    let p = std::env::var_os("KEEL_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("node"));
+    let ok = Command::new(&p)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("node not found: install Node.js, then run `bash tests/run.sh`");
+    }
+    let modules = repo_root().join("tests/node/node_modules/kafkajs");
+    if !modules.is_dir() {
+        bail!(
+            "{} missing: run `bash tests/run.sh` (it runs `npm ci` in tests/node)",
+            modules.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A script in `tests/node/`.
+pub fn node_script(name: &str) -> PathBuf {
+    repo_root().join("tests/node").join(name)
 }
 
 /// kcat: `$KEEL_KCAT` or `kcat` on PATH.
@@ -114,4 +145,58 @@ pub fn metadata_ok(addr: &str) -> bool {
             .await
             .is_ok()
     })
+}
+
+/// A client script that takes `MODE BOOTSTRAP TOPIC [COUNT]` and prints a JSON summary
+/// (see the scripts' own docs for the modes).
+#[derive(Clone, Copy, Debug)]
+pub enum ClientScript {
+    /// `tests/python/kafka_python_client.py` (kafka-python).
+    KafkaPython,
+    /// `tests/node/kafkajs_client.js` (kafkajs).
+    Kafkajs,
+    /// `tests/python/confluent_features.py` (confluent-kafka).
+    ConfluentFeatures,
+}
+
+impl ClientScript {
+    /// Runs the script in `mode` against the broker at `addr` and returns its summary.
+    ///
+    /// # Errors
+    /// A missing interpreter, a timeout, a non-zero exit (the script found a mismatch:
+    /// its stderr is in the message) or output that is not JSON.
+    pub fn run(
+        self,
+        mode: &str,
+        addr: &str,
+        topic: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = match self {
+            ClientScript::KafkaPython => {
+                let mut c = Command::new(python()?);
+                c.arg(python_script("kafka_python_client.py"));
+                c
+            }
+            ClientScript::ConfluentFeatures => {
+                let mut c = Command::new(python()?);
+                c.arg(python_script("confluent_features.py"));
+                c
+            }
+            ClientScript::Kafkajs => {
+                let mut c = Command::new(node()?);
+                c.arg(node_script("kafkajs_client.js"));
+                c
+            }
+        };
+        cmd.args([mode, addr, topic, &count.to_string()]);
+        let out = run(&mut cmd, timeout)?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "{self:?} {mode}: not JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
 }

@@ -3,6 +3,8 @@
 //! results back. Nothing here reaches into the broker's memory.
 
 pub mod clients;
+pub mod cluster;
+pub mod latency;
 pub mod node;
 
 pub use node::KeelNode;

@@ -75,8 +75,14 @@ impl KeelNode {
             addr.to_string(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let mut node =
-            KeelNode { addr: addr.to_string(), data_dir, log_path: dir.join("keel.log"), args, child: None, _tmp: None };
+        let mut node = KeelNode {
+            addr: addr.to_string(),
+            data_dir,
+            log_path: dir.join("keel.log"),
+            args,
+            child: None,
+            _tmp: None,
+        };
         node.spawn_process()?;
         Ok(node)
     }
@@ -88,7 +94,9 @@ impl KeelNode {
 
     /// Whether the process is running (not exited; it may be stopped by SIGSTOP).
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGSTOP: the process freezes, sockets stay open.

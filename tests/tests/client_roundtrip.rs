@@ -1,13 +1,15 @@
 //! Unmodified Kafka clients round-trip records through a single keel node: each
 //! creates a topic, produces 10,000 keyed records with headers to 3 partitions with
-//! acks=all, and reads them all back by partition, intact, with their offsets.
+//! acks=all, and reads them all back by partition, intact, with their offsets, and
+//! from an offset in the middle of a batch. Clients: kcat, confluent-kafka (Python),
+//! kafka-python, kafkajs. Consumers assign partitions themselves (no consumer group).
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keel_tests::clients::{self, python, python_script, run};
+use keel_tests::clients::{self, python, python_script, run, ClientScript};
 use keel_tests::KeelNode;
 
 const RECORDS: usize = 10_000;
@@ -26,6 +28,57 @@ fn confluent_kafka_python_round_trips_10k_keyed_records_with_headers() {
     .unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["read"], RECORDS, "{summary}");
+}
+
+/// kafka-python 3.0.12 with its defaults (idempotent producer, acks=all); reads with
+/// `assign` + `seek`.
+#[test]
+fn kafka_python_round_trips_10k_keyed_records_with_headers() {
+    let node = KeelNode::start(&[]).unwrap();
+    let summary = ClientScript::KafkaPython
+        .run(
+            "roundtrip",
+            &node.addr,
+            "kafka-python-roundtrip",
+            RECORDS,
+            CLIENT_TIMEOUT,
+        )
+        .unwrap();
+    assert_eq!(summary["read"], RECORDS, "{summary}");
+}
+
+/// kafkajs 2.2.4 (not idempotent: its default); reads through the consumer's fetch
+/// path with manual assignment, since its consumer needs a group coordinator.
+#[test]
+fn kafkajs_round_trips_10k_keyed_records_with_headers() {
+    let node = KeelNode::start(&[]).unwrap();
+    let summary = ClientScript::Kafkajs
+        .run(
+            "roundtrip",
+            &node.addr,
+            "kafkajs-roundtrip",
+            RECORDS,
+            CLIENT_TIMEOUT,
+        )
+        .unwrap();
+    assert_eq!(summary["read"], RECORDS, "{summary}");
+}
+
+/// kafkajs with `idempotent: true` (InitProducerId, sequenced batches).
+#[test]
+fn kafkajs_idempotent_producer_round_trips_10k_keyed_records_with_headers() {
+    let node = KeelNode::start(&[]).unwrap();
+    let summary = ClientScript::Kafkajs
+        .run(
+            "idempotent",
+            &node.addr,
+            "kafkajs-idempotent",
+            RECORDS,
+            CLIENT_TIMEOUT,
+        )
+        .unwrap();
+    assert_eq!(summary["read"], RECORDS, "{summary}");
+    assert_eq!(summary["idempotent"], true, "{summary}");
 }
 
 /// kcat produces through topic auto-creation (`num.partitions=3`), one producer per

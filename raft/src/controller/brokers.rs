@@ -4,6 +4,9 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
+use super::partitions;
+use super::partitions::Leave;
+use super::BrokerSessions;
 use super::ControllerConfig;
 use super::ControllerError;
 use super::ProducerIdBlock;
@@ -11,14 +14,32 @@ use crate::image::MetadataImage;
 use crate::records::BrokerEndpoint;
 use crate::records::MetadataRecord;
 
+/// A RegisterBroker request.
+pub(super) struct Registration {
+    pub broker_id: i32,
+    pub incarnation_id: Uuid,
+    pub endpoints: Vec<BrokerEndpoint>,
+    pub rack: Option<String>,
+}
+
+/// Registers a broker (again). A retry of the current registration (same incarnation,
+/// endpoints and rack) gets the epoch it already has; anything else is a new registration
+/// with a new, higher epoch. In a cluster with heartbeats the new registration is fenced:
+/// if the old one was unfenced, its leaderships move and it leaves the ISRs it can leave,
+/// in the same log entry.
 pub(super) fn register(
     image: &MetadataImage,
     config: &ControllerConfig,
-    broker_id: i32,
-    incarnation_id: Uuid,
-    endpoints: Vec<BrokerEndpoint>,
-    rack: Option<String>,
+    sessions: &mut BrokerSessions,
+    now_ms: i64,
+    reg: Registration,
 ) -> (Vec<MetadataRecord>, Result<i64, ControllerError>) {
+    let Registration {
+        broker_id,
+        incarnation_id,
+        endpoints,
+        rack,
+    } = reg;
     if broker_id < 0 {
         return (
             Vec::new(),
@@ -40,15 +61,19 @@ pub(super) fn register(
         }
     }
     let fenced = !config.register_brokers_unfenced;
+    let mut records = Vec::new();
     if let Some(existing) = image.brokers.get(&broker_id) {
         // A retry of a registration that already went through: same incarnation, same
-        // details. Answer with the epoch it got instead of minting a new one.
+        // details. Answer with the epoch it got instead of minting a new one (whether or
+        // not it has been unfenced or fenced since: heartbeats take care of that).
         if existing.incarnation_id == incarnation_id
             && existing.endpoints == endpoints
             && existing.rack == rack
-            && existing.fenced == fenced
         {
             return (Vec::new(), Ok(existing.broker_epoch));
+        }
+        if fenced && !existing.fenced {
+            records = partitions::leave_partitions(image, sessions, broker_id, Leave::Fenced);
         }
     }
     let floor = image
@@ -57,15 +82,16 @@ pub(super) fn register(
         .map(|b| b.broker_epoch.saturating_add(1))
         .unwrap_or(0);
     let broker_epoch = image.next_broker_epoch.max(floor);
-    let record = MetadataRecord::RegisterBroker {
+    records.push(MetadataRecord::RegisterBroker {
         broker_id,
         incarnation_id,
         broker_epoch,
         endpoints,
         rack,
         fenced,
-    };
-    (vec![record], Ok(broker_epoch))
+    });
+    sessions.registered(broker_id, broker_epoch, now_ms);
+    (records, Ok(broker_epoch))
 }
 
 pub(super) fn allocate_producer_ids(

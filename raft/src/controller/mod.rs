@@ -1,26 +1,37 @@
 //! The controller: turns a request and the current image into records and an answer.
 //!
 //! This module owns the metadata rules (topic naming, partition counts, replica placement,
-//! config changes, broker registration, producer-id blocks). It is pure: [`handle`] reads a
-//! [`MetadataImage`], a [`ControllerConfig`] and a [`ControllerContext`] (the only source
-//! of time, fresh uuids and randomness) and returns records plus the response; it never
-//! does I/O, reads a clock or mutates the image. The quorum module decides when records are
-//! proposed and when the caller is answered.
+//! config changes, broker registration, liveness and fencing, ISR changes, producer-id
+//! blocks). It is pure: [`handle`] reads a [`MetadataImage`], a [`ControllerConfig`], the
+//! active controller's in-memory [`BrokerSessions`] and a [`ControllerContext`] (the only
+//! source of time, fresh uuids and randomness) and returns records plus the response; it
+//! never does I/O, reads a clock or mutates the image. [`fence_expired_brokers`] is the
+//! periodic half of broker liveness. The quorum module decides when records are proposed
+//! and when the caller is answered.
 //!
 //! The error texts follow Apache Kafka's where Kafka has one, because tools print them.
 
 mod brokers;
 mod configs;
+mod liveness;
+mod partitions;
 mod placement;
+mod sessions;
 mod topics;
 
+pub use liveness::fence_expired_brokers;
+pub use sessions::BrokerSession;
+pub use sessions::BrokerSessions;
 pub use topics::validate_topic_name;
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::image::MetadataImage;
+use crate::image::PartitionImage;
 use crate::records::BrokerEndpoint;
 use crate::records::ConfigResource;
 use crate::records::MetadataRecord;
@@ -38,6 +49,9 @@ pub const DEFAULT_MAX_PARTITIONS_PER_REQUEST: i32 = 10_000;
 pub const MAX_TOPIC_NAME_CHARS: usize = 249;
 /// How many fresh uuids the controller draws before giving up on finding an unused topic id.
 pub const MAX_TOPIC_ID_ATTEMPTS: usize = 16;
+/// A broker that has not heartbeaten for this long is fenced (Kafka's
+/// `broker.session.timeout.ms`).
+pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: u64 = 9_000;
 
 /// The controller's tunables; `Default` gives Kafka's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +62,14 @@ pub struct ControllerConfig {
     /// Most partitions one CreateTopics/CreatePartitions request may create; more is a
     /// POLICY_VIOLATION for every topic of the request.
     pub max_partitions_per_request: i32,
-    /// Whether a broker is unfenced as soon as it registers. True while keel runs without
-    /// broker heartbeats (single node); the multi-node quorum registers brokers fenced and
-    /// unfences them once they caught up.
+    /// Whether brokers run without heartbeats: a broker is unfenced as soon as it registers
+    /// and is never fenced for being silent. True for the zero-config single node; a
+    /// multi-node cluster sets it to false, so a broker registers fenced, is unfenced by
+    /// its first heartbeat that shows it caught up with the log, and is fenced once it is
+    /// silent for longer than `broker_session_timeout_ms`.
     pub register_brokers_unfenced: bool,
+    /// How long a broker may go without a heartbeat before it is fenced.
+    pub broker_session_timeout_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -62,6 +80,7 @@ impl Default for ControllerConfig {
             producer_id_block_size: DEFAULT_PRODUCER_ID_BLOCK_SIZE,
             max_partitions_per_request: DEFAULT_MAX_PARTITIONS_PER_REQUEST,
             register_brokers_unfenced: true,
+            broker_session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
         }
     }
 }
@@ -69,7 +88,8 @@ impl Default for ControllerConfig {
 /// Everything non-deterministic the controller may use, supplied by its caller so that the
 /// controller itself stays a pure function (tests pass fixed values).
 pub struct ControllerContext<'a> {
-    /// Wall-clock time in milliseconds since the Unix epoch.
+    /// The controller's clock in milliseconds. Only differences matter (broker session
+    /// ages); the quorum shell passes a monotonic clock.
     pub now_ms: i64,
     /// A fresh random uuid per call.
     pub new_uuid: &'a mut dyn FnMut() -> Uuid,
@@ -89,7 +109,10 @@ impl ControllerContext<'_> {
 }
 
 /// A request to the controller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Requests travel between nodes (a node that is not the active controller forwards them),
+/// so they are plain serde data; their bytes come only from [`crate::codec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerRequest {
     /// A broker starts: it is (re-)registered and gets a broker epoch.
     RegisterBroker {
@@ -122,6 +145,33 @@ pub enum ControllerRequest {
         broker_id: i32,
         broker_epoch: i64,
     },
+    /// A broker's periodic heartbeat (Kafka's BrokerHeartbeat). It keeps the broker's
+    /// session alive, unfences the broker once `current_metadata_offset` (the log index of
+    /// the broker's applied image) has reached its registration, and carries the broker's
+    /// wish to be fenced or to shut down (controlled shutdown).
+    BrokerHeartbeat {
+        broker_id: i32,
+        broker_epoch: i64,
+        current_metadata_offset: u64,
+        want_fence: bool,
+        want_shutdown: bool,
+    },
+    /// An operator removes a broker from the cluster (Kafka's UnregisterBroker): it leaves
+    /// every ISR it can leave and gives up its leaderships, then its registration goes.
+    UnregisterBroker {
+        broker_id: i32,
+    },
+    /// A partition leader changes the ISR (Kafka's AlterPartition): a compare-and-set on
+    /// the partition's leader epoch and partition epoch.
+    AlterPartition {
+        broker_id: i32,
+        broker_epoch: i64,
+        topic_id: Uuid,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        new_isr: Vec<i32>,
+    },
 }
 
 impl ControllerRequest {
@@ -135,12 +185,15 @@ impl ControllerRequest {
             ControllerRequest::IncrementalAlterConfigs { .. } => "IncrementalAlterConfigs",
             ControllerRequest::AlterConfigs { .. } => "AlterConfigs",
             ControllerRequest::AllocateProducerIds { .. } => "AllocateProducerIds",
+            ControllerRequest::BrokerHeartbeat { .. } => "BrokerHeartbeat",
+            ControllerRequest::UnregisterBroker { .. } => "UnregisterBroker",
+            ControllerRequest::AlterPartition { .. } => "AlterPartition",
         }
     }
 }
 
 /// One topic of a CreateTopics request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTopic {
     pub name: String,
     /// -1 = the default.
@@ -154,14 +207,14 @@ pub struct NewTopic {
 }
 
 /// A topic named in a DeleteTopics request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopicRef {
     Name(String),
     Id(Uuid),
 }
 
 /// One topic of a CreatePartitions request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPartitions {
     pub name: String,
     /// The new total partition count.
@@ -171,14 +224,14 @@ pub struct NewPartitions {
 }
 
 /// The operations on one resource of an IncrementalAlterConfigs request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlterConfigsResource {
     pub resource: ConfigResource,
     pub ops: Vec<AlterConfigOp>,
 }
 
 /// One config operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlterConfigOp {
     pub name: String,
     pub op: AlterOp,
@@ -187,7 +240,7 @@ pub struct AlterConfigOp {
 }
 
 /// Kind of an incremental config operation (Kafka's `AlterConfigOp.OpType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AlterOp {
     Set,
     Delete,
@@ -198,7 +251,7 @@ pub enum AlterOp {
 }
 
 /// The controller's answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerResponse {
     RegisterBroker(Result<i64, ControllerError>),
     CreateTopics(Vec<CreateTopicResult>),
@@ -206,17 +259,32 @@ pub enum ControllerResponse {
     CreatePartitions(Vec<(String, Result<(), ControllerError>)>),
     AlterConfigs(Vec<(ConfigResource, Result<(), ControllerError>)>),
     AllocateProducerIds(Result<ProducerIdBlock, ControllerError>),
+    BrokerHeartbeat(Result<HeartbeatReply, ControllerError>),
+    UnregisterBroker(Result<(), ControllerError>),
+    /// The partition's state after the change (or as it is, if nothing changed).
+    AlterPartition(Result<PartitionImage, ControllerError>),
+}
+
+/// The answer to a broker heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The broker's metadata offset has reached its registration.
+    pub is_caught_up: bool,
+    /// The broker is fenced: it may not lead partitions or join ISRs.
+    pub is_fenced: bool,
+    /// Controlled shutdown is done: the broker leads nothing that could move elsewhere.
+    pub should_shut_down: bool,
 }
 
 /// The outcome for one topic of a CreateTopics request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateTopicResult {
     pub name: String,
     pub result: Result<CreatedTopic, ControllerError>,
 }
 
 /// A topic that was (or, with validate_only, would be) created.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedTopic {
     pub topic_id: Uuid,
     pub num_partitions: i32,
@@ -226,7 +294,7 @@ pub struct CreatedTopic {
 }
 
 /// The outcome for one topic of a DeleteTopics request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteTopicResult {
     /// The topic's name, if the request named it or the topic exists.
     pub name: Option<String>,
@@ -236,7 +304,7 @@ pub struct DeleteTopicResult {
 }
 
 /// A block of producer ids: `[first_producer_id, first_producer_id + size)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerIdBlock {
     pub first_producer_id: i64,
     pub size: i64,
@@ -245,7 +313,7 @@ pub struct ProducerIdBlock {
 /// Why the controller refused (part of) a request. Each variant maps to the Kafka error
 /// code of the same name; `Display` is the message for the client (as Kafka's
 /// `error_message`), naming the problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ControllerError {
     #[error("{0}")]
     TopicAlreadyExists(String),
@@ -269,6 +337,21 @@ pub enum ControllerError {
     BrokerNotAvailable(String),
     #[error("{0}")]
     StaleBrokerEpoch(String),
+    /// UnregisterBroker for a broker id that is not registered.
+    #[error("{0}")]
+    BrokerIdNotRegistered(String),
+    /// AlterPartition from a leader whose leader epoch is not the partition's.
+    #[error("{0}")]
+    FencedLeaderEpoch(String),
+    /// AlterPartition whose partition epoch is not the partition's (a concurrent change won).
+    #[error("{0}")]
+    InvalidUpdateVersion(String),
+    /// AlterPartition from a broker that is not the partition's leader.
+    #[error("{0}")]
+    NotLeaderOrFollower(String),
+    /// AlterPartition adding a fenced, unregistered or shutting-down broker to the ISR.
+    #[error("{0}")]
+    IneligibleReplica(String),
     #[error("{0}")]
     PolicyViolation(String),
     /// The producer id space is used up (Kafka answers UNKNOWN_SERVER_ERROR).
@@ -283,11 +366,14 @@ pub enum ControllerError {
 /// Handles one request against `image`: returns the records that carry it out (to be
 /// written to the log as ONE entry, in order) and the answer for the caller.
 ///
-/// The image is not changed; records are the only output that changes state. A request
-/// that fails entirely, or is `validate_only`, returns no records. Never panics.
+/// The image is not changed; records are the only output that changes state. `sessions`
+/// (the active controller's memory of heartbeats) is updated by registrations,
+/// heartbeats and unregistrations. A request that fails entirely, or is `validate_only`,
+/// returns no records. Never panics.
 pub fn handle(
     image: &MetadataImage,
     config: &ControllerConfig,
+    sessions: &mut BrokerSessions,
     ctx: &mut ControllerContext<'_>,
     req: ControllerRequest,
 ) -> (Vec<MetadataRecord>, ControllerResponse) {
@@ -298,15 +384,25 @@ pub fn handle(
             endpoints,
             rack,
         } => {
-            let (records, result) =
-                brokers::register(image, config, broker_id, incarnation_id, endpoints, rack);
+            let (records, result) = brokers::register(
+                image,
+                config,
+                sessions,
+                ctx.now_ms,
+                brokers::Registration {
+                    broker_id,
+                    incarnation_id,
+                    endpoints,
+                    rack,
+                },
+            );
             (records, ControllerResponse::RegisterBroker(result))
         }
         ControllerRequest::CreateTopics {
             topics,
             validate_only,
         } => {
-            let (records, results) = topics::create_topics(image, config, ctx, topics);
+            let (records, results) = topics::create_topics(image, config, sessions, ctx, topics);
             (
                 if validate_only { Vec::new() } else { records },
                 ControllerResponse::CreateTopics(results),
@@ -320,7 +416,8 @@ pub fn handle(
             topics,
             validate_only,
         } => {
-            let (records, results) = topics::create_partitions(image, config, ctx, topics);
+            let (records, results) =
+                topics::create_partitions(image, config, sessions, ctx, topics);
             (
                 if validate_only { Vec::new() } else { records },
                 ControllerResponse::CreatePartitions(results),
@@ -354,8 +451,63 @@ pub fn handle(
                 brokers::allocate_producer_ids(image, config, broker_id, broker_epoch);
             (records, ControllerResponse::AllocateProducerIds(result))
         }
+        ControllerRequest::BrokerHeartbeat {
+            broker_id,
+            broker_epoch,
+            current_metadata_offset,
+            want_fence,
+            want_shutdown,
+        } => {
+            let (records, result) = liveness::heartbeat(
+                image,
+                sessions,
+                ctx.now_ms,
+                liveness::Heartbeat {
+                    broker_id,
+                    broker_epoch,
+                    current_metadata_offset,
+                    want_fence,
+                    want_shutdown,
+                },
+            );
+            (records, ControllerResponse::BrokerHeartbeat(result))
+        }
+        ControllerRequest::UnregisterBroker { broker_id } => {
+            let (records, result) = liveness::unregister(image, sessions, broker_id);
+            (records, ControllerResponse::UnregisterBroker(result))
+        }
+        ControllerRequest::AlterPartition {
+            broker_id,
+            broker_epoch,
+            topic_id,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            new_isr,
+        } => {
+            let (records, result) = partitions::alter_partition(
+                image,
+                sessions,
+                partitions::AlterPartition {
+                    broker_id,
+                    broker_epoch,
+                    topic_id,
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    new_isr,
+                },
+            );
+            (records, ControllerResponse::AlterPartition(result))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod liveness_tests;
+
+#[cfg(test)]
+mod simulation;

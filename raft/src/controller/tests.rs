@@ -9,27 +9,65 @@ use uuid::Uuid;
 use super::*;
 use crate::records::MetadataBatch;
 
-/// An image plus a deterministic context: uuids 1000, 1001, ...; `random` always `pick`.
-struct Harness {
-    image: MetadataImage,
-    config: ControllerConfig,
-    next_uuid: u128,
-    pick: u64,
-    index: u64,
+/// An image plus a deterministic context: uuids 1000, 1001, ...; `random` always `pick`;
+/// the clock reads `now_ms`.
+pub(super) struct Harness {
+    pub image: MetadataImage,
+    pub config: ControllerConfig,
+    pub sessions: BrokerSessions,
+    pub next_uuid: u128,
+    pub pick: u64,
+    pub index: u64,
+    pub now_ms: i64,
+    /// Every committed batch, in log order (entry `i` is at log index `i + 1`).
+    pub log: Vec<Vec<MetadataRecord>>,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Harness {
             image: MetadataImage::new(),
             config: ControllerConfig::default(),
+            sessions: BrokerSessions::new(),
             next_uuid: 1000,
             pick: 0,
             index: 0,
+            now_ms: 1_700_000_000_000,
+            log: Vec::new(),
         }
     }
 
-    fn with_brokers(n: i32) -> Self {
+    /// A harness for a cluster with heartbeats: brokers register fenced.
+    pub fn with_heartbeats() -> Self {
+        let mut h = Harness::new();
+        h.config.register_brokers_unfenced = false;
+        h
+    }
+
+    /// Applies `records` as the next log entry, as the quorum would after committing them,
+    /// and tells the sessions about committed registrations.
+    pub fn commit(&mut self, records: &[MetadataRecord]) {
+        if records.is_empty() {
+            return;
+        }
+        self.index += 1;
+        self.image
+            .apply_batch(self.index, &MetadataBatch::new(records.to_vec()));
+        self.log.push(records.to_vec());
+        for r in records {
+            if let MetadataRecord::RegisterBroker {
+                broker_id,
+                broker_epoch,
+                ..
+            } = r
+            {
+                self.sessions
+                    .registration_committed(*broker_id, *broker_epoch, self.index);
+            }
+        }
+    }
+
+    pub fn with_brokers(n: i32) -> Self {
         let mut h = Harness::new();
         for id in 0..n {
             let resp = h.run(register(id));
@@ -42,7 +80,7 @@ impl Harness {
     }
 
     /// Handles `req`, applies its records as one batch, returns records and response.
-    fn handle(&mut self, req: ControllerRequest) -> (Vec<MetadataRecord>, ControllerResponse) {
+    pub fn handle(&mut self, req: ControllerRequest) -> (Vec<MetadataRecord>, ControllerResponse) {
         let next = &mut self.next_uuid;
         let mut new_uuid = || {
             *next += 1;
@@ -51,24 +89,28 @@ impl Harness {
         let pick = self.pick;
         let mut random = move |n: u64| pick % n.max(1);
         let mut ctx = ControllerContext {
-            now_ms: 1_700_000_000_000,
+            now_ms: self.now_ms,
             new_uuid: &mut new_uuid,
             random: &mut random,
         };
-        let (records, resp) = handle(&self.image, &self.config, &mut ctx, req);
-        if !records.is_empty() {
-            self.index += 1;
-            self.image
-                .apply_batch(self.index, &MetadataBatch::new(records.clone()));
-        }
+        let (records, resp) = handle(&self.image, &self.config, &mut self.sessions, &mut ctx, req);
+        self.commit(&records);
         (records, resp)
     }
 
-    fn run(&mut self, req: ControllerRequest) -> ControllerResponse {
+    /// Runs the periodic session check at the current time and commits what it decides.
+    pub fn tick(&mut self) -> Vec<MetadataRecord> {
+        let records =
+            fence_expired_brokers(&self.image, &self.config, &mut self.sessions, self.now_ms);
+        self.commit(&records);
+        records
+    }
+
+    pub fn run(&mut self, req: ControllerRequest) -> ControllerResponse {
         self.handle(req).1
     }
 
-    fn create(&mut self, topics: Vec<NewTopic>) -> Vec<CreateTopicResult> {
+    pub fn create(&mut self, topics: Vec<NewTopic>) -> Vec<CreateTopicResult> {
         match self.run(ControllerRequest::CreateTopics {
             topics,
             validate_only: false,
@@ -78,7 +120,7 @@ impl Harness {
         }
     }
 
-    fn create_one(&mut self, topic: NewTopic) -> Result<CreatedTopic, ControllerError> {
+    pub fn create_one(&mut self, topic: NewTopic) -> Result<CreatedTopic, ControllerError> {
         let mut r = self.create(vec![topic]);
         assert_eq!(r.len(), 1);
         r.remove(0).result
@@ -131,7 +173,7 @@ impl Harness {
     }
 }
 
-fn register(broker_id: i32) -> ControllerRequest {
+pub(super) fn register(broker_id: i32) -> ControllerRequest {
     ControllerRequest::RegisterBroker {
         broker_id,
         incarnation_id: Uuid::from_u128(500 + broker_id as u128),
@@ -144,7 +186,7 @@ fn register(broker_id: i32) -> ControllerRequest {
     }
 }
 
-fn topic(name: &str, partitions: i32, rf: i16) -> NewTopic {
+pub(super) fn topic(name: &str, partitions: i32, rf: i16) -> NewTopic {
     NewTopic {
         name: name.to_string(),
         num_partitions: partitions,
@@ -154,7 +196,7 @@ fn topic(name: &str, partitions: i32, rf: i16) -> NewTopic {
     }
 }
 
-fn manual(name: &str, assignments: &[&[i32]]) -> NewTopic {
+pub(super) fn manual(name: &str, assignments: &[&[i32]]) -> NewTopic {
     NewTopic {
         name: name.to_string(),
         num_partitions: -1,
@@ -953,6 +995,7 @@ fn topic_ids_are_unique_even_if_the_uuid_source_repeats() {
     let (records, resp) = handle(
         &h.image,
         &h.config,
+        &mut h.sessions,
         &mut ctx,
         ControllerRequest::CreateTopics {
             topics: vec![topic("a", 1, 1), topic("b", 1, 1)],

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use super::placement;
+use super::BrokerSessions;
 use super::ControllerConfig;
 use super::ControllerContext;
 use super::ControllerError;
@@ -148,6 +149,7 @@ fn excessive_partitions() -> ControllerError {
 pub(super) fn create_topics(
     image: &MetadataImage,
     config: &ControllerConfig,
+    sessions: &BrokerSessions,
     ctx: &mut ControllerContext<'_>,
     topics: Vec<NewTopic>,
 ) -> (Vec<MetadataRecord>, Vec<CreateTopicResult>) {
@@ -186,7 +188,7 @@ pub(super) fn create_topics(
         } else if over_limit {
             Err(excessive_partitions())
         } else {
-            create_one(image, config, ctx, &mut names, &topic).map(|(recs, created)| {
+            create_one(image, config, sessions, ctx, &mut names, &topic).map(|(recs, created)| {
                 records.extend(recs);
                 created
             })
@@ -202,6 +204,7 @@ pub(super) fn create_topics(
 fn create_one(
     image: &MetadataImage,
     config: &ControllerConfig,
+    sessions: &BrokerSessions,
     ctx: &mut ControllerContext<'_>,
     names: &mut TopicNames<'_>,
     topic: &NewTopic,
@@ -256,7 +259,7 @@ fn create_one(
                     .to_string(),
             ));
         }
-        let placed = placement::place(image, ctx, num_partitions, rf)?;
+        let placed = placement::place(image, sessions, ctx, num_partitions, rf)?;
         (placed.into_iter().map(|r| (r.clone(), r)).collect(), rf)
     };
 
@@ -419,6 +422,7 @@ pub(super) fn delete_topics(
 pub(super) fn create_partitions(
     image: &MetadataImage,
     config: &ControllerConfig,
+    sessions: &BrokerSessions,
     ctx: &mut ControllerContext<'_>,
     topics: Vec<NewPartitions>,
 ) -> (Vec<MetadataRecord>, CreatePartitionsResults) {
@@ -446,7 +450,7 @@ pub(super) fn create_partitions(
         } else if over_limit {
             Err(excessive_partitions())
         } else {
-            add_partitions(image, ctx, &t).map(|recs| records.extend(recs))
+            add_partitions(image, sessions, ctx, &t).map(|recs| records.extend(recs))
         };
         results.push((t.name, result));
     }
@@ -455,6 +459,7 @@ pub(super) fn create_partitions(
 
 fn add_partitions(
     image: &MetadataImage,
+    sessions: &BrokerSessions,
     ctx: &mut ControllerContext<'_>,
     t: &NewPartitions,
 ) -> Result<Vec<MetadataRecord>, ControllerError> {
@@ -503,7 +508,7 @@ fn add_partitions(
         }
         None => {
             let rf = i16::try_from(rf).unwrap_or(i16::MAX);
-            placement::place(image, ctx, additional, rf)?
+            placement::place(image, sessions, ctx, additional, rf)?
                 .into_iter()
                 .map(|r| (r.clone(), r))
                 .collect()

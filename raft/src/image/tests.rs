@@ -116,7 +116,9 @@ pub(crate) fn arb_record() -> impl Strategy<Value = MetadataRecord> {
                 next_producer_id,
             }
         }),
-        (name, any::<i16>()).prop_map(|(name, level)| MetadataRecord::FeatureLevel { name, level }),
+        (name.clone(), any::<i16>())
+            .prop_map(|(name, level)| MetadataRecord::FeatureLevel { name, level }),
+        name.prop_map(|cluster_id| MetadataRecord::ClusterId { cluster_id }),
     ]
 }
 
@@ -374,6 +376,23 @@ fn digest_is_stable_and_sensitive() {
     let mut c = a.clone();
     c.mark_applied(1);
     assert_ne!(a.digest(), c.digest());
+    let mut d = a.clone();
+    d.apply(&MetadataRecord::ClusterId {
+        cluster_id: "abc".to_string(),
+    });
+    assert_ne!(a.digest(), d.digest());
+}
+
+#[test]
+fn the_cluster_id_is_set_once_and_never_changes() {
+    let mut image = MetadataImage::new();
+    image.apply(&MetadataRecord::ClusterId {
+        cluster_id: "first".to_string(),
+    });
+    image.apply(&MetadataRecord::ClusterId {
+        cluster_id: "second".to_string(),
+    });
+    assert_eq!(image.cluster_id.as_deref(), Some("first"));
 }
 
 const EMPTY_IMAGE_DIGEST: u64 = 13_380_826_962_402_805_797;

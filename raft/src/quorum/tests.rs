@@ -441,3 +441,41 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_records_its_configured_cluster_id_before_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QuorumConfig {
+        cluster_id: Some("MkU3OEVBNTcwNTJENDM2Qk".to_string()),
+        ..test_config(dir.path())
+    };
+    let q = open_leader(cfg.clone()).await;
+    // The first request already finds the cluster id in the log before its own records.
+    register_broker(&q, 1).await;
+    assert_eq!(q.cluster_id().as_deref(), Some("MkU3OEVBNTcwNTJENDM2Qk"));
+    let id = q.wait_cluster_id(LEADER_TIMEOUT).await.unwrap();
+    assert_eq!(q.status().cluster_id.as_deref(), Some(id.as_str()));
+    q.shutdown().await.unwrap();
+
+    // Reopened with another id in its meta.properties: refused, naming both.
+    let other = QuorumConfig {
+        cluster_id: Some("another".to_string()),
+        ..cfg.clone()
+    };
+    match MetadataQuorum::open(other).await {
+        Err(QuorumError::ClusterIdMismatch(msg)) => {
+            assert!(msg.contains("another") && msg.contains(&id), "{msg}")
+        }
+        Err(e) => panic!("expected ClusterIdMismatch, got {e}"),
+        Ok(_) => panic!("opened with another cluster id"),
+    }
+    // Without an id (a meta.properties written before ids were recorded) it opens.
+    let q = MetadataQuorum::open(QuorumConfig {
+        cluster_id: None,
+        ..cfg
+    })
+    .await
+    .unwrap();
+    assert_eq!(q.cluster_id().as_deref(), Some(id.as_str()));
+    q.shutdown().await.unwrap();
+}

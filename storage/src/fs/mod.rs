@@ -44,8 +44,34 @@ pub trait FileHandle: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Reads exactly `len` bytes at `offset` into a new buffer. Implementations may fill
+    /// the buffer without zeroing it first (a fetch reads up to megabytes at a time).
+    ///
+    /// # Errors
+    /// As [`FileHandle::read_exact_at`].
+    fn read_exact_at_owned(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
     /// Writes all of `buf` at `offset`, extending the file if needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Writes `bufs` one after another from `offset`, as one write where the
+    /// implementation can (`pwritev`), so a batch can be written from pieces without
+    /// first being copied into one buffer.
+    ///
+    /// # Errors
+    /// As [`FileHandle::write_all_at`]; some pieces may have been written.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_all_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
 
     /// Makes the file's contents durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;

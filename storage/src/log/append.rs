@@ -6,8 +6,9 @@ use std::io;
 use std::sync::Arc;
 
 use crate::batch::{
-    set_base_offset, set_log_append_time, set_partition_leader_epoch, validate_batches, BatchError,
-    BatchHeader, TimestampType,
+    set_base_offset, set_log_append_time, set_partition_leader_epoch, validate_batches,
+    validate_uncompressed_records, BatchError, BatchHeader, TimestampType,
+    RECORD_BATCH_HEADER_BYTES,
 };
 
 use super::error::AppendError;
@@ -19,6 +20,33 @@ use super::{AppendInfo, AppendOrigin, LeaderAppend, Log};
 const FOLLOWER_MAX_BATCH_BYTES: usize = i32::MAX as usize;
 /// Attribute bit a LogAppendTime batch carries.
 const LOG_APPEND_TIME_ATTRIBUTE: i16 = 0x08;
+
+/// What a leader append writes at the start of one batch instead of what it was given.
+enum Patched {
+    /// The batch's header with offsets and leader epoch assigned, and the batch's length;
+    /// the rest of the batch is written as it came.
+    Header([u8; RECORD_BATCH_HEADER_BYTES], usize),
+    /// A patched copy of the whole batch (LogAppendTime changes bytes under the CRC).
+    Whole(Vec<u8>),
+}
+
+impl Patched {
+    /// The patched bytes, from the start of the batch.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Patched::Header(h, _) => h,
+            Patched::Whole(v) => v,
+        }
+    }
+
+    /// Length of the whole batch.
+    fn total_bytes(&self) -> usize {
+        match self {
+            Patched::Header(_, total) => *total,
+            Patched::Whole(v) => v.len(),
+        }
+    }
+}
 
 /// Checks that only apply to batches written by producers (Kafka's LogValidator).
 fn check_client_rules(h: &BatchHeader, origin: AppendOrigin) -> Result<(), AppendError> {
@@ -77,6 +105,43 @@ impl Log {
         now_ms: i64,
         origin: AppendOrigin,
     ) -> Result<LeaderAppend, AppendError> {
+        let (appended, patched) = self.append_leader(batches, leader_epoch, now_ms, origin)?;
+        let mut position = 0;
+        for p in &patched {
+            let written = p.bytes();
+            let total = p.total_bytes();
+            batches[position..position + written.len()].copy_from_slice(written);
+            position += total;
+        }
+        Ok(appended)
+    }
+
+    /// [`Log::append_as_leader`] for batches the caller cannot lend mutably (a slice
+    /// of a request frame): the batches are not patched in place; the patched headers
+    /// are written next to the unchanged rest of each batch (one vectored write), so
+    /// the bytes are never copied in user space.
+    ///
+    /// # Errors
+    /// See [`AppendError`]; nothing is written unless the error is `Io`.
+    pub fn append_as_leader_shared(
+        &mut self,
+        batches: &[u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LeaderAppend, AppendError> {
+        self.append_leader(batches, leader_epoch, now_ms, AppendOrigin::Client)
+            .map(|(appended, _)| appended)
+    }
+
+    /// The leader append; returns what was written in place of each batch's start
+    /// (empty for a duplicate, which writes nothing).
+    fn append_leader(
+        &mut self,
+        batches: &[u8],
+        leader_epoch: i32,
+        now_ms: i64,
+        origin: AppendOrigin,
+    ) -> Result<(LeaderAppend, Vec<Patched>), AppendError> {
         let max = self.config.max_message_bytes as usize;
         let mut headers = validate_batches(batches, max).map_err(|e| match e {
             BatchError::TooLarge { size, max } => AppendError::MessageTooLarge { size, max },
@@ -85,8 +150,16 @@ impl Log {
         if headers.is_empty() {
             return Err(AppendError::InvalidRecord("no record batches".to_string()));
         }
+        let mut position = 0;
         for h in &headers {
             check_client_rules(h, origin)?;
+            // Readers trust a stored batch's record count and lengths (Kafka refuses
+            // batches whose records disagree with them, and so does keel, for the
+            // batches it can read without decompressing).
+            let bytes = &batches[position..position + h.total_bytes()];
+            validate_uncompressed_records(h, bytes)
+                .map_err(|e| AppendError::InvalidRecord(e.to_string()))?;
+            position += h.total_bytes();
         }
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
         let timestamp_of = |h: &BatchHeader| {
@@ -103,13 +176,14 @@ impl Log {
         for h in &headers {
             if h.has_producer_id() {
                 if let Verdict::Duplicate(b) = pending.check_leader(h, next, timestamp_of(h))? {
-                    return Ok(LeaderAppend::Duplicate(AppendInfo {
+                    let info = AppendInfo {
                         base_offset: b.base_offset,
                         last_offset: b.last_offset,
                         log_append_time_ms: if log_append_time { b.timestamp } else { -1 },
                         log_start_offset: self.log_start_offset,
                         records: (b.last_offset - b.base_offset + 1) as u32,
-                    }));
+                    };
+                    return Ok((LeaderAppend::Duplicate(info), Vec::new()));
                 }
             }
             next += i64::from(h.last_offset_delta) + 1;
@@ -119,30 +193,54 @@ impl Log {
         let mut position = 0;
         let mut next = base_offset;
         let mut records: u32 = 0;
+        let mut patched = Vec::with_capacity(headers.len());
         for h in &mut headers {
-            let batch = &mut batches[position..position + h.total_bytes()];
-            set_base_offset(batch, next);
-            set_partition_leader_epoch(batch, leader_epoch);
-            if log_append_time {
-                set_log_append_time(batch, now_ms);
+            let batch = &batches[position..position + h.total_bytes()];
+            let p = if log_append_time {
+                // The CRC covers the timestamps: patch a copy of the whole batch.
+                let mut copy = batch.to_vec();
+                set_base_offset(&mut copy, next);
+                set_partition_leader_epoch(&mut copy, leader_epoch);
+                set_log_append_time(&mut copy, now_ms);
                 h.max_timestamp = now_ms;
                 h.attributes |= LOG_APPEND_TIME_ATTRIBUTE;
-            }
+                Patched::Whole(copy)
+            } else {
+                // Offsets and the leader epoch lie outside the CRC: only the header
+                // changes.
+                let mut header = [0u8; RECORD_BATCH_HEADER_BYTES];
+                header.copy_from_slice(&batch[..RECORD_BATCH_HEADER_BYTES]);
+                set_base_offset(&mut header, next);
+                set_partition_leader_epoch(&mut header, leader_epoch);
+                Patched::Header(header, h.total_bytes())
+            };
+            patched.push(p);
             h.base_offset = next;
             h.partition_leader_epoch = leader_epoch;
             next = h.next_offset();
             position += h.total_bytes();
             records = records.saturating_add(h.records_count as u32);
         }
-        self.write_batches(batches, &headers, now_ms)?;
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * patched.len());
+        let mut position = 0;
+        for p in &patched {
+            pieces.push(p.bytes());
+            let rest = position + p.bytes().len()..position + p.total_bytes();
+            if !rest.is_empty() {
+                pieces.push(&batches[rest]);
+            }
+            position += p.total_bytes();
+        }
+        self.write_batches(&pieces, position as u64, &headers, now_ms)?;
         self.producers.commit(staged);
-        Ok(LeaderAppend::Appended(AppendInfo {
+        let info = AppendInfo {
             base_offset,
             last_offset: next - 1,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
             log_start_offset: self.log_start_offset,
             records,
-        }))
+        };
+        Ok((LeaderAppend::Appended(info), patched))
     }
 
     /// Appends batches replicated from the leader: offsets are already assigned and must
@@ -171,7 +269,7 @@ impl Log {
             records = records.saturating_add(h.records_count.max(0) as u32);
         }
         if !headers.is_empty() {
-            self.write_batches(batches, &headers, now_ms)?;
+            self.write_batches(&[batches], batches.len() as u64, &headers, now_ms)?;
             for h in &headers {
                 self.producers.apply_replicated(h);
             }
@@ -185,21 +283,23 @@ impl Log {
         })
     }
 
-    /// Rolls if needed, then writes validated batches at the end of the active segment.
+    /// Rolls if needed, then writes validated batches (`len` bytes in `pieces`, in
+    /// order) at the end of the active segment.
     fn write_batches(
         &mut self,
-        bytes: &[u8],
+        pieces: &[&[u8]],
+        len: u64,
         headers: &[BatchHeader],
         now_ms: i64,
     ) -> Result<(), AppendError> {
         if self
             .active()
-            .should_roll(&self.config, bytes.len() as u64, headers, now_ms)
+            .should_roll(&self.config, len, headers, now_ms)
         {
             self.roll(now_ms)?;
         }
         let interval = self.config.index_interval_bytes;
-        self.active_mut().append(bytes, headers, interval)?;
+        self.active_mut().append(pieces, len, headers, interval)?;
         Ok(())
     }
 

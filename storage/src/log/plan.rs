@@ -63,8 +63,7 @@ impl ReadPlan {
         let Some(file) = &self.file else {
             return Ok(Bytes::new());
         };
-        let mut buf = vec![0u8; self.length];
-        file.read_exact_at(&mut buf, self.position)?;
+        let buf = file.read_exact_at_owned(self.length, self.position)?;
         // Cheap (headers only): a truncation racing with the read must not hand out a
         // partial or foreign batch.
         let first_matches =

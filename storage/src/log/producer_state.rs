@@ -96,7 +96,7 @@ impl PendingProducers<'_> {
     ///
     /// # Errors
     /// `InvalidProducerEpoch` for a fenced epoch, `OutOfOrderSequence` for a gap or a
-    /// new producer/epoch not starting at sequence 0.
+    /// known producer's new epoch not starting at sequence 0.
     pub(crate) fn check_leader(
         &mut self,
         h: &BatchHeader,
@@ -125,7 +125,11 @@ impl PendingProducers<'_> {
             ..ProducerEntry::default()
         });
         let new_epoch = current.is_none_or(|e| e.epoch != h.producer_epoch);
-        if !h.is_control() {
+        // A producer the partition does not know (new, or forgotten after
+        // producer.id.expiration.ms, or all its batches deleted) may start at any
+        // sequence, as in Kafka since KIP-360: a producer whose state expired while it
+        // was idle continues where it was instead of failing with OUT_OF_ORDER_SEQUENCE.
+        if !h.is_control() && current.is_some() {
             let expected = match (new_epoch, entry.batches.back()) {
                 (false, Some(last)) => increment_sequence(last.last_seq, 1),
                 _ => 0,
@@ -373,11 +377,11 @@ mod tests {
     #[test]
     fn sequences_must_follow_and_retries_are_duplicates() -> Result<(), AppendError> {
         let mut s = ProducerStateManager::default();
-        assert!(matches!(
-            append(&mut s, &header(1, 0, 3, 1), 0),
-            Err(AppendError::OutOfOrderSequence { expected: 0, .. })
-        ));
         assert_eq!(append(&mut s, &header(1, 0, 0, 2), 0)?, Verdict::Append);
+        assert!(matches!(
+            append(&mut s, &header(1, 0, 3, 1), 2),
+            Err(AppendError::OutOfOrderSequence { expected: 2, .. })
+        ));
         assert_eq!(append(&mut s, &header(1, 0, 2, 3), 2)?, Verdict::Append);
         match append(&mut s, &header(1, 0, 0, 2), 5)? {
             Verdict::Duplicate(b) => assert_eq!((b.base_offset, b.last_offset), (0, 1)),
@@ -386,6 +390,24 @@ mod tests {
         assert!(matches!(
             append(&mut s, &header(1, 0, 6, 1), 5),
             Err(AppendError::OutOfOrderSequence { expected: 5, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_producer_may_start_at_any_sequence_then_must_follow() -> Result<(), AppendError> {
+        let mut s = ProducerStateManager::default();
+        // Expired while idle: its next batch continues the old sequence (Kafka, KIP-360).
+        assert_eq!(append(&mut s, &header(4, 2, 40, 5), 0)?, Verdict::Append);
+        assert!(matches!(
+            append(&mut s, &header(4, 2, 46, 1), 5),
+            Err(AppendError::OutOfOrderSequence { expected: 45, .. })
+        ));
+        assert_eq!(append(&mut s, &header(4, 2, 45, 1), 5)?, Verdict::Append);
+        // A known producer's new epoch still starts at 0.
+        assert!(matches!(
+            append(&mut s, &header(4, 3, 46, 1), 6),
+            Err(AppendError::OutOfOrderSequence { expected: 0, .. })
         ));
         Ok(())
     }

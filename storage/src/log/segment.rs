@@ -229,19 +229,22 @@ impl Segment {
         }
     }
 
-    /// Appends validated batches whose offsets continue at `next_offset`; writes the data
-    /// and index entries (no fsync). On error nothing in memory changes.
+    /// Appends validated batches whose offsets continue at `next_offset` (`len` bytes,
+    /// given as `pieces` to write in order); writes the data and index entries (no
+    /// fsync). On error nothing in memory changes.
     ///
     /// # Errors
     /// The first write error.
     pub(crate) fn append(
         &mut self,
-        bytes: &[u8],
+        pieces: &[&[u8]],
+        len: u64,
         headers: &[BatchHeader],
         index_interval_bytes: u64,
     ) -> io::Result<()> {
         let update = self.index_update(headers, index_interval_bytes);
-        self.log.write_all_at(bytes, self.size)?;
+        debug_assert_eq!(update.size - self.size, len);
+        self.log.write_all_vectored_at(pieces, self.size)?;
         self.offset_index.write_after(&update.offset_entries)?;
         self.time_index.write_after(&update.time_entries)?;
         self.apply(update, headers);

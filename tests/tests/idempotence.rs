@@ -1,0 +1,369 @@
+//! Idempotent producers never create duplicates: a retried batch is answered with the
+//! offset it was first written at, not written again — also after the broker was
+//! killed with SIGKILL and restarted, when the retry comes on a new connection and the
+//! broker has rebuilt its producer state from the log.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, InitProducerIdRequest, ListOffsetsRequest, ProduceRequest, ProducerId,
+    TopicName,
+};
+use keel::cli::client::KafkaClient;
+use keel_storage::testing::BatchBuilder;
+use keel_tests::clients::{block_on, python, python_script, run};
+use keel_tests::KeelNode;
+
+const PARTITIONS: usize = 3;
+const KILL_ROUNDS: usize = 3;
+const ACKS_BETWEEN_KILLS: usize = 2_000;
+const WAIT_FOR_ACKS: Duration = Duration::from_secs(120);
+/// How long the producer streams before each SIGKILL.
+const STREAMING_BEFORE_KILL: Duration = Duration::from_millis(300);
+const DUMP_TIMEOUT: Duration = Duration::from_secs(180);
+/// ListOffsets timestamp meaning "the log end offset".
+const LATEST_TIMESTAMP: i64 = -1;
+const PRODUCE_VERSION: i16 = 9;
+const ACKS_ALL: i16 = -1;
+const PRODUCE_TIMEOUT_MS: i32 = 10_000;
+const RECORDS_PER_BATCH: usize = 5;
+/// What the broker logs when it answers a retried batch with its original offset.
+const DUPLICATE_LOG_LINE: &str = "duplicate idempotent batch answered with its original offset";
+
+/// `<partition> <offset> <value>` lines printed by `acked_producer.py`.
+fn acked_lines(path: &Path) -> Vec<(i32, i64, String)> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return vec![];
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| {
+            let mut it = l.split(' ');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn wait_for_acks(path: &Path, at_least: usize, producer: &mut Child, stderr: &Path) {
+    let deadline = Instant::now() + WAIT_FOR_ACKS;
+    while acked_lines(path).len() < at_least {
+        assert!(
+            producer.try_wait().unwrap().is_none(),
+            "producer exited early: {}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "only {} acks after {WAIT_FOR_ACKS:?}; producer stderr:\n{}",
+            acked_lines(path).len(),
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// confluent-kafka with `enable.idempotence=true` produces unique values with acks=all
+/// while the broker is SIGKILLed and restarted under it; its in-flight batches are
+/// retried on new connections. Afterwards each value is in the log exactly once and
+/// every acknowledged value is at its acknowledged offset.
+#[test]
+fn idempotent_producer_writes_each_record_once_across_broker_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = KeelNode::start_in(dir.path(), &[]).unwrap();
+    let topic = "idempotent";
+    block_on(create_topic(&node.addr, topic, PARTITIONS as i32));
+
+    let acks_path = dir.path().join("acks.txt");
+    let stderr_path = dir.path().join("producer.err");
+    let mut producer = Command::new(python().unwrap())
+        .arg(python_script("acked_producer.py"))
+        .args([&node.addr, topic, &PARTITIONS.to_string(), "idempotent"])
+        .stdout(std::fs::File::create(&acks_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+
+    for _ in 0..KILL_ROUNDS {
+        // After a restart the producer first flushes what it queued while the broker
+        // was down; kill only once it streams again, so requests are in flight.
+        let acked = acked_lines(&acks_path).len();
+        wait_for_acks(
+            &acks_path,
+            acked + ACKS_BETWEEN_KILLS,
+            &mut producer,
+            &stderr_path,
+        );
+        std::thread::sleep(STREAMING_BEFORE_KILL);
+        node.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        node.restart().unwrap();
+    }
+    let acked = acked_lines(&acks_path).len();
+    wait_for_acks(
+        &acks_path,
+        acked + ACKS_BETWEEN_KILLS,
+        &mut producer,
+        &stderr_path,
+    );
+    let _ = producer.kill();
+    let _ = producer.wait();
+
+    let acked = acked_lines(&acks_path);
+    let out = run(
+        Command::new(python().unwrap())
+            .arg(python_script("dump_partitions.py"))
+            .args([&node.addr, topic, &PARTITIONS.to_string()]),
+        DUMP_TIMEOUT,
+    )
+    .unwrap();
+    let mut stored: HashMap<(i32, i64), String> = HashMap::new();
+    let mut where_is: HashMap<String, (i32, i64)> = HashMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let at = (v["p"].as_i64().unwrap() as i32, v["o"].as_i64().unwrap());
+        let value = v["v"].as_str().unwrap().to_string();
+        assert!(
+            stored.insert(at, value.clone()).is_none(),
+            "offset {at:?} read twice"
+        );
+        if let Some(first) = where_is.insert(value.clone(), at) {
+            panic!("{value} is in the log twice: at {first:?} and at {at:?}");
+        }
+    }
+    let misplaced: Vec<_> = acked
+        .iter()
+        .filter(|(p, o, v)| stored.get(&(*p, *o)) != Some(v))
+        .collect();
+    assert!(
+        misplaced.is_empty(),
+        "{} of {} acknowledged records are not at their acknowledged offset, e.g. {:?}",
+        misplaced.len(),
+        acked.len(),
+        &misplaced[..misplaced.len().min(5)]
+    );
+    for p in 0..PARTITIONS as i32 {
+        let mut offsets: Vec<i64> = stored
+            .keys()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .collect();
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as i64).collect::<Vec<_>>(),
+            "partition {p} offsets are dense"
+        );
+    }
+    let failures = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        !failures.contains("failed "),
+        "the idempotent producer failed deliveries:\n{failures}"
+    );
+    // Evidence that the kills cut the producer mid-stream: batches written before a
+    // kill were retried after the restart and recognised as duplicates.
+    let duplicates = std::fs::read_to_string(dir.path().join("keel.log"))
+        .unwrap()
+        .matches(DUPLICATE_LOG_LINE)
+        .count();
+    eprintln!(
+        "{} acknowledged records ({} in the log), each once, after {KILL_ROUNDS} SIGKILLs; \
+         {duplicates} retried batches answered as duplicates",
+        acked.len(),
+        stored.len()
+    );
+    assert!(
+        duplicates > 0,
+        "no kill caught a written batch before its acknowledgement: nothing was retried"
+    );
+}
+
+/// A retry of one of a producer's recent batches — same producer id, epoch and
+/// sequences — is answered with success and the offset of the original, and nothing
+/// is appended: on the same connection, after a SIGKILL and restart (state rebuilt
+/// from the log), and after a clean restart (state from the snapshot).
+#[test]
+fn retried_idempotent_batch_is_answered_with_its_original_offset() {
+    let mut node = KeelNode::start(&[]).unwrap();
+    let topic = "dedup";
+    let (pid, epoch) = block_on(async {
+        create_topic(&node.addr, topic, 1).await;
+        let mut c = KafkaClient::connect(&node.addr, "dedup").await.unwrap();
+        init_producer_id(&mut c).await
+    });
+    // Batch `n` of the producer: sequences 5n..5n+4, distinct contents. Timestamps are
+    // current: like Kafka, keel forgets producers whose last batch is older than
+    // producer.id.expiration.ms, and a forgotten producer's retry is not a duplicate.
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = |n: usize| {
+        BatchBuilder::new(RECORDS_PER_BATCH, 16)
+            .producer(pid, epoch, (n * RECORDS_PER_BATCH) as i32)
+            .timestamp(created_ms)
+            .fill(n as u8)
+            .build()
+    };
+    let offset_of = |n: usize| (n * RECORDS_PER_BATCH) as i64;
+
+    block_on(async {
+        let mut c = KafkaClient::connect(&node.addr, "dedup").await.unwrap();
+        assert_eq!(produce(&mut c, topic, &batch(0)).await, (0, offset_of(0)));
+        assert_eq!(produce(&mut c, topic, &batch(1)).await, (0, offset_of(1)));
+        assert_eq!(
+            produce(&mut c, topic, &batch(0)).await,
+            (0, offset_of(0)),
+            "retry of an older batch"
+        );
+        assert_eq!(
+            produce(&mut c, topic, &batch(1)).await,
+            (0, offset_of(1)),
+            "retry of the last batch"
+        );
+        assert_eq!(
+            end_offset(&mut c, topic).await,
+            offset_of(2),
+            "nothing appended"
+        );
+    });
+
+    node.kill9();
+    node.restart().unwrap();
+    block_on(async {
+        let mut c = KafkaClient::connect(&node.addr, "dedup").await.unwrap();
+        assert_eq!(
+            produce(&mut c, topic, &batch(1)).await,
+            (0, offset_of(1)),
+            "retry after SIGKILL and restart"
+        );
+        assert_eq!(produce(&mut c, topic, &batch(0)).await, (0, offset_of(0)));
+        assert_eq!(
+            end_offset(&mut c, topic).await,
+            offset_of(2),
+            "nothing appended"
+        );
+        assert_eq!(
+            produce(&mut c, topic, &batch(2)).await,
+            (0, offset_of(2)),
+            "the next sequence continues after the restart"
+        );
+    });
+
+    node.restart().unwrap(); // SIGTERM: the producer state comes from the snapshot
+    block_on(async {
+        let mut c = KafkaClient::connect(&node.addr, "dedup").await.unwrap();
+        assert_eq!(
+            produce(&mut c, topic, &batch(2)).await,
+            (0, offset_of(2)),
+            "retry after a clean restart"
+        );
+        assert_eq!(
+            end_offset(&mut c, topic).await,
+            offset_of(3),
+            "nothing appended"
+        );
+    });
+}
+
+/// Like Kafka, keel forgets a producer whose last batch is older than
+/// producer.id.expiration.ms (here: its timestamps are from 2023, and a restart
+/// expires it). Its next batch continues its sequence; Kafka accepts any sequence
+/// from a producer it does not know (KIP-360) instead of failing the producer with
+/// OUT_OF_ORDER_SEQUENCE_NUMBER.
+#[test]
+fn producer_forgotten_by_expiration_continues_its_sequence() {
+    const OLD_TIMESTAMP_MS: i64 = 1_700_000_000_000;
+    let mut node = KeelNode::start(&[]).unwrap();
+    let topic = "expired";
+    let (pid, epoch) = block_on(async {
+        create_topic(&node.addr, topic, 1).await;
+        let mut c = KafkaClient::connect(&node.addr, "expired").await.unwrap();
+        init_producer_id(&mut c).await
+    });
+    let batch = |n: usize| {
+        BatchBuilder::new(RECORDS_PER_BATCH, 16)
+            .producer(pid, epoch, (n * RECORDS_PER_BATCH) as i32)
+            .timestamp(OLD_TIMESTAMP_MS)
+            .fill(n as u8)
+            .build()
+    };
+    block_on(async {
+        let mut c = KafkaClient::connect(&node.addr, "expired").await.unwrap();
+        assert_eq!(produce(&mut c, topic, &batch(0)).await, (0, 0));
+    });
+    node.restart().unwrap();
+    block_on(async {
+        let mut c = KafkaClient::connect(&node.addr, "expired").await.unwrap();
+        assert_eq!(
+            produce(&mut c, topic, &batch(1)).await,
+            (0, RECORDS_PER_BATCH as i64),
+            "the expired producer's next batch is accepted"
+        );
+    });
+}
+
+async fn create_topic(addr: &str, topic: &str, partitions: i32) {
+    let mut c = KafkaClient::connect(addr, "idempotence-admin")
+        .await
+        .unwrap();
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(topic.to_string().into()))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)])
+        .with_timeout_ms(30_000);
+    let resp = c.call(&req, 5).await.unwrap();
+    assert_eq!(resp.topics[0].error_code, 0, "create {topic}");
+}
+
+async fn init_producer_id(c: &mut KafkaClient) -> (i64, i16) {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let resp = c.call(&req, 4).await.unwrap();
+    assert_eq!(resp.error_code, 0, "InitProducerId");
+    (resp.producer_id.0, resp.producer_epoch)
+}
+
+/// Produces one batch to partition 0 with acks=all: (error code, base offset).
+async fn produce(c: &mut KafkaClient, topic: &str, batch: &[u8]) -> (i16, i64) {
+    let req = ProduceRequest::default()
+        .with_acks(ACKS_ALL)
+        .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(topic.to_string().into()))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.to_vec().into()))])]);
+    let resp = c.call(&req, PRODUCE_VERSION).await.unwrap();
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+async fn end_offset(c: &mut KafkaClient, topic: &str) -> i64 {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(topic.to_string().into()))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(LATEST_TIMESTAMP)])]);
+    let resp = c.call(&req, 7).await.unwrap();
+    let p = &resp.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "ListOffsets");
+    p.offset
+}
