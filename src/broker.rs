@@ -73,13 +73,16 @@ impl Broker {
         self.image.borrow().clone()
     }
 
-    /// Node id of the active controller, -1 if unknown.
+    /// The "controller" clients are told about: the active controller when it is also a
+    /// broker they can reach, else this broker, which forwards admin requests (as
+    /// Kafka in KRaft mode answers with a broker, never a controller-only node).
     pub fn controller_id(&self) -> i32 {
-        self.quorum
-            .status()
-            .leader_id
-            .map(|id| id as i32)
-            .unwrap_or(-1)
+        let leader = self.quorum.leader_id().map(|id| id as i32);
+        let image = self.image();
+        match leader {
+            Some(id) if image.brokers.get(&id).is_some_and(|b| !b.fenced) => id,
+            _ => self.config.node_id,
+        }
     }
 
     /// This broker's epoch from its registration.

@@ -5,6 +5,7 @@ pub mod api_versions;
 pub mod configs;
 pub mod delete_records;
 pub mod describe_cluster;
+pub mod describe_quorum;
 pub mod fetch;
 pub mod fetch_session;
 pub mod init_producer_id;

@@ -76,6 +76,8 @@ pub enum Body {
     AlterConfigs(m::AlterConfigsRequest),
     /// IncrementalAlterConfigs (44).
     IncrementalAlterConfigs(m::IncrementalAlterConfigsRequest),
+    /// DescribeQuorum (55).
+    DescribeQuorum(m::DescribeQuorumRequest),
     /// DeleteRecords (21).
     DeleteRecords(m::DeleteRecordsRequest),
     /// DescribeCluster (60).
@@ -177,6 +179,7 @@ pub fn decode_request(frame: Bytes) -> Result<Decoded, DispatchError> {
         ApiKey::IncrementalAlterConfigs => decode!(IncrementalAlterConfigs),
         ApiKey::DeleteRecords => decode!(DeleteRecords),
         ApiKey::DescribeCluster => decode!(DescribeCluster),
+        ApiKey::DescribeQuorum => decode!(DescribeQuorum),
         ApiKey::InitProducerId => decode!(InitProducerId),
         other => return Err(DispatchError::UnsupportedApi(other)),
     };
@@ -252,6 +255,7 @@ pub fn dispatch(
         Body::IncrementalAlterConfigs(r) => api::configs::incremental_alter_configs(b, ctx, r),
         Body::DeleteRecords(r) => api::delete_records::handle(b, ctx, r),
         Body::DescribeCluster(r) => api::describe_cluster::handle(b, ctx, r),
+        Body::DescribeQuorum(r) => api::describe_quorum::handle(b, ctx, r),
         Body::InitProducerId(r) => api::init_producer_id::handle(b, ctx, r),
     };
     drop(_entered);
@@ -364,6 +368,7 @@ mod tests {
             }
             ApiKey::ApiVersions => enc!(m::ApiVersionsRequest::default()),
             ApiKey::DescribeCluster => enc!(m::DescribeClusterRequest::default()),
+            ApiKey::DescribeQuorum => enc!(m::DescribeQuorumRequest::default()),
             ApiKey::InitProducerId => enc!(m::InitProducerIdRequest::default()),
             other => panic!("no sample for {other:?}"),
         }

@@ -231,7 +231,8 @@ mod tests {
         let shared = Bytes::from(vec![1u8; SHARE_MIN_BYTES]);
         let lookalike = Bytes::from(vec![1u8; SHARE_MIN_BYTES]);
         let resp = response(std::slice::from_ref(&lookalike), 16);
-        let pieces = encode_response_sharing(&ctx(16), &resp, &[shared.clone()]).unwrap();
+        let pieces =
+            encode_response_sharing(&ctx(16), &resp, std::slice::from_ref(&shared)).unwrap();
         assert_eq!(pieces.len(), 1);
         assert!(pieces.iter().all(|p| p.as_ptr() != shared.as_ptr()));
     }

@@ -33,6 +33,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
         ApiKey::IncrementalAlterConfigs,
         api::configs::INCREMENTAL_ALTER_CONFIGS_VERSIONS,
     ),
+    (ApiKey::DescribeQuorum, api::describe_quorum::VERSIONS),
     (ApiKey::DescribeCluster, api::describe_cluster::VERSIONS),
 ];
 

@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,10 @@ SETTLE_S = 1.0
 # over one second: other processes (builds, other tests) would take the benchmark's CPU.
 QUIET_BUSY_PCT = 15
 QUIET_WAIT_MAX_S = 300
+# A step during which other processes used more than this share of the machine is run
+# again (up to STEP_TRIES times); the report keeps the try with the least interference.
+INTERFERENCE_MAX_PCT = 10
+STEP_TRIES = 3
 
 # Producer settings of every step (Kafka's perf-test style: as fast as possible).
 LINGER_MS = 5
@@ -374,7 +379,7 @@ def render(meta, machine, steps, targets):
     out = []
     out.append(f"Run at {meta['started']} on {meta['host']}: {meta['cpus']} × {meta['cpu_model']}, "
                f"{meta['mem_gib']:.0f} GiB RAM, kernel {meta['kernel']}; data on {meta['fs']} "
-               f"({meta['data_dir_parent']}); keel {meta['keel_version']}; "
+               f"({meta['data_dir_parent']}); {meta['keel_version']}; "
                f"broker flags: {meta['broker_sets'] or '(defaults: log.flush.policy=always)'}.")
     out.append("")
     out.append("### Machine limits")
@@ -392,10 +397,13 @@ def render(meta, machine, steps, targets):
                "no compression, one producer. Produce latency: send → delivery report. "
                "Consume: from offset 0 of every partition, right after the produce step "
                "(data in the page cache); its latency column is the records' age "
-               "(now − CreateTime), not a delivery latency, and is omitted.")
+               "(now − CreateTime), not a delivery latency, and is omitted. "
+               "Other CPU s: CPU time of everything but the broker and the client during the step "
+               f"(kernel writeback, other processes); a step where it exceeded {INTERFERENCE_MAX_PCT}% "
+               f"of the machine was run again, up to {STEP_TRIES} tries, keeping the cleanest.")
     out.append("")
-    out.append("| step | records | records/s | MB/s (values) | latency p50 / p99 / p99.9 ms | broker CPU s per M records | broker CPU s | client CPU s | other CPU s | machine busy | broker peak RSS MB |")
-    out.append("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    out.append("| step | records | records/s | MB/s (values) | latency p50 / p99 / p99.9 ms | broker CPU s per M records | broker CPU s | client CPU s | other CPU s | machine busy | broker peak RSS MB | tries |")
+    out.append("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for s in steps:
         lat = "—"
         if s["mode"] == "produce":
@@ -403,7 +411,7 @@ def render(meta, machine, steps, targets):
         out.append(f"| {s['step']} | {fmt_int(s['records'])} | {fmt_int(s['records_per_sec'])} | "
                    f"{s['mb_per_sec']:.1f} | {lat} | {s['broker_cpu_s_per_million']:.3f} | "
                    f"{s['broker_cpu_s']:.1f} | {s['client_cpu_s']:.1f} | {s['other_cpu_s']:.1f} | "
-                   f"{s['machine_busy_pct']:.0f}% | {s['broker_peak_rss_mb']:.0f} |")
+                   f"{s['machine_busy_pct']:.0f}% | {s['broker_peak_rss_mb']:.0f} | {s['tries']} |")
     out.append("")
     out.append("### Targets (100-byte records, 1 partition)")
     out.append("")
@@ -521,25 +529,49 @@ def main():
                     # Deleting each topic after use keeps the run's disk and page-cache
                     # footprint to one step's data.
                     plan.append((f"delete {topic}", ["delete", topic]))
+        # Topics each step's tries wrote: a retried produce step writes a fresh topic,
+        # and the consume step after it reads the last one (the one in the page cache:
+        # the retry dropped the cache holding the earlier tries).
+        written = {}
         for name, cmd in plan:
             if args.only and args.only not in name:
                 continue
             if cmd[0] == "delete":
-                subprocess.run([args.keel, "topics", "delete", "--bootstrap-server", broker.addr,
-                                "--topic", cmd[1]], check=False, capture_output=True)
+                for topic in written.pop(cmd[1], [cmd[1]]):
+                    subprocess.run([args.keel, "topics", "delete", "--bootstrap-server", broker.addr,
+                                    "--topic", topic], check=False, capture_output=True)
                 continue
-            child_cpu.delta()
-            r = run_step(args.keel_bench, broker, name, cmd,
-                         drop_cache=cmd[0] == "produce" and not args.keep_page_cache)
-            r["client_cpu_s"] = child_cpu.delta()
-            # Whatever else ran meanwhile (kernel threads doing writeback and loopback
-            # softirqs, and any other process: the figures are only clean when this is small).
-            r["other_cpu_s"] = max(0.0, r["machine_busy_s"] - r["broker_cpu_s"] - r["client_cpu_s"])
-            steps.append(r)
+            base = cmd[cmd.index("--topic") + 1]
+            best = None
+            for attempt in range(1, STEP_TRIES + 1):
+                topic = base
+                if cmd[0] == "produce":
+                    topic = base if attempt == 1 else f"{base}-try{attempt}"
+                    written.setdefault(base, []).append(topic)
+                elif written.get(base):
+                    topic = written[base][-1]
+                cmd = [topic if i > 0 and cmd[i - 1] == "--topic" else a for i, a in enumerate(cmd)]
+                child_cpu.delta()
+                r = run_step(args.keel_bench, broker, name, cmd,
+                             drop_cache=cmd[0] == "produce" and not args.keep_page_cache)
+                r["client_cpu_s"] = child_cpu.delta()
+                # Whatever else ran meanwhile (kernel threads doing writeback and loopback
+                # softirqs, and any other process): the figures are clean when it is small.
+                r["other_cpu_s"] = max(0.0, r["machine_busy_s"] - r["broker_cpu_s"] - r["client_cpu_s"])
+                r["interference_pct"] = 100 * r["other_cpu_s"] / (r["seconds"] * (os.cpu_count() or 1))
+                r["tries"] = attempt
+                if best is None or r["interference_pct"] < best["interference_pct"]:
+                    best = r
+                if r["interference_pct"] <= INTERFERENCE_MAX_PCT:
+                    break
+                log(f"  other processes took {r['interference_pct']:.0f}% of the machine; running the step again")
+            best["tries"] = attempt
+            steps.append(best)
         targets = evaluate(steps)
         report = render(meta, machine, steps, targets)
-        reproduce = "bash tests/run.sh --bench" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-        report += f"\n\nReproduce: `{reproduce}` (report in {os.path.relpath(args.out, ROOT)}).\n"
+        reproduce = "bash tests/run.sh --bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+        shown = os.path.relpath(args.out, ROOT) if args.out.startswith(ROOT + os.sep) else args.out
+        report += f"\n\nReproduce: `{reproduce}` (report in {shown}).\n"
         with open(args.out, "w") as f:
             f.write(report)
         with open(args.json_out, "w") as f:

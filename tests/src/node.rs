@@ -21,9 +21,12 @@ pub fn keel_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/keel
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target layout");
-    profile_dir.join("keel")
+    // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>/keel
+    let mut dir = exe.parent().expect("target layout");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target layout");
+    }
+    dir.join("keel")
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).

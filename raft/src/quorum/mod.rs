@@ -760,6 +760,12 @@ impl MetadataQuorum {
         self.inner.status()
     }
 
+    /// The active controller this node knows of; cheap (no image digest), for hot paths
+    /// such as Metadata responses.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
     /// The status of the node whose controller listener is at `controller_addr`, over the
     /// controller RPC (what `keel cluster status` shows for each node).
     ///

@@ -235,9 +235,7 @@ mod tests {
         let g = StdFs.open(&tmp.path().join("v"), true)?;
         g.write_all_at(b"0123456789", 0)?;
         g.write_all_vectored_at(&[b"ab", b"", b"cde"], 3)?;
-        let many: Vec<&[u8]> = std::iter::repeat(&b"xy"[..])
-            .take(MAX_IOVECS_PER_WRITE + 3)
-            .collect();
+        let many: Vec<&[u8]> = vec![&b"xy"[..]; MAX_IOVECS_PER_WRITE + 3];
         g.write_all_vectored_at(&many, 10)?;
         let contents = g.read_exact_at_owned(10 + 2 * many.len(), 0)?;
         assert_eq!(&contents[..10], b"012abcde89");
