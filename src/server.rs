@@ -21,7 +21,7 @@ use crate::broker::Broker;
 use crate::cluster::{heartbeat, identity, registration};
 use crate::config::BrokerConfig;
 use crate::protocol::connection;
-use crate::replication::ReplicaManager;
+use crate::replication::{self, ReplicaManager};
 
 /// Directory under the data directory holding the metadata quorum's RocksDB.
 pub const METADATA_DIR: &str = "__cluster_metadata";
@@ -112,12 +112,15 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    let replicas = ReplicaManager::new(config.clone(), Arc::new(StdFs));
+    let replicas = ReplicaManager::new(config.clone(), Arc::new(StdFs), quorum.image());
     let image = quorum.image().borrow().clone();
     tokio::task::block_in_place(|| replicas.apply(&image))?;
     replicas.remove_orphan_dirs();
 
     let broker = Broker::new(config.clone(), cluster_id, quorum.clone(), replicas.clone());
+    if let Some(proposals) = replicas.take_isr_proposals() {
+        tokio::spawn(replication::isr::run(broker.clone(), proposals));
+    }
     tokio::spawn(follow_image(broker.clone()));
     let epoch = register_until_accepted(&broker).await?;
     tracing::info!(broker_epoch = epoch, "registered with the controller");

@@ -24,7 +24,6 @@ const DELETE_UP_TO_HIGH_WATERMARK: i64 = -1;
 pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DeleteRecordsRequest) -> Pending {
     respond(ctx, async move {
         let image = broker.image();
-        let node = broker.config.node_id;
         let topics = req
             .topics
             .into_iter()
@@ -40,14 +39,14 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DeleteRecordsReques
                         let meta = image
                             .topic_by_name(&name)
                             .and_then(|t| t.partitions.get(&p.partition_index));
-                        let Some(meta) = meta else {
+                        if meta.is_none() {
                             return out
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
                         let Some(replica) = broker
                             .replicas
                             .get_by_name(&name, p.partition_index)
-                            .filter(|_| meta.leader == node)
+                            .filter(|r| r.is_leader())
                         else {
                             return out.with_error_code(ResponseError::NotLeaderOrFollower.code());
                         };

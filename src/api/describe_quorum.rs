@@ -8,7 +8,9 @@ use std::time::Duration;
 use kafka_protocol::messages::describe_quorum_response::{
     Listener, Node, PartitionData, ReplicaState, TopicData,
 };
-use kafka_protocol::messages::{BrokerId, DescribeQuorumRequest, DescribeQuorumResponse, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, DescribeQuorumRequest, DescribeQuorumResponse, TopicName,
+};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use keel_raft::quorum::{MemberRole, MemberStatus, MetadataQuorum, QuorumStatus};
@@ -33,15 +35,18 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DescribeQuorumReque
     let version = ctx.api_version;
     respond(ctx, async move {
         let asks_metadata_log = req.topics.iter().any(|t| {
-            t.topic_name.0.as_str() == METADATA_TOPIC && t.partitions.iter().any(|p| p.partition_index == 0)
+            t.topic_name.0.as_str() == METADATA_TOPIC
+                && t.partitions.iter().any(|p| p.partition_index == 0)
         });
         if !asks_metadata_log {
-            return DescribeQuorumResponse::default().with_error_code(ResponseError::UnknownTopicOrPartition.code());
+            return DescribeQuorumResponse::default()
+                .with_error_code(ResponseError::UnknownTopicOrPartition.code());
         }
         let local = broker.quorum.status();
         let status = leader_view(local).await;
         let Some(status) = status else {
-            return DescribeQuorumResponse::default().with_error_code(ResponseError::NotLeaderOrFollower.code());
+            return DescribeQuorumResponse::default()
+                .with_error_code(ResponseError::NotLeaderOrFollower.code());
         };
         let now = now_ms();
         let replica = |m: &MemberStatus| {
@@ -52,8 +57,18 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DescribeQuorumReque
                 .with_last_fetch_timestamp(contact)
                 .with_last_caught_up_timestamp(if m.lag == Some(0) { contact } else { -1 })
         };
-        let voters = status.members.iter().filter(|m| m.role == MemberRole::Voter).map(replica).collect();
-        let observers = status.members.iter().filter(|m| m.role == MemberRole::Observer).map(replica).collect();
+        let voters = status
+            .members
+            .iter()
+            .filter(|m| m.role == MemberRole::Voter)
+            .map(replica)
+            .collect();
+        let observers = status
+            .members
+            .iter()
+            .filter(|m| m.role == MemberRole::Observer)
+            .map(replica)
+            .collect();
         let partition = PartitionData::default()
             .with_partition_index(0)
             .with_leader_id(BrokerId(status.leader_id.map(|l| l as i32).unwrap_or(-1)))
@@ -71,12 +86,14 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DescribeQuorumReque
                 .filter(|m| m.role == MemberRole::Voter)
                 .filter_map(|m| {
                     let (host, port) = m.addr.rsplit_once(':')?;
-                    Some(Node::default().with_node_id(BrokerId(m.node_id as i32)).with_listeners(vec![
-                        Listener::default()
-                            .with_name(sb(CONTROLLER_LISTENER))
-                            .with_host(sb(host))
-                            .with_port(port.parse().ok()?),
-                    ]))
+                    Some(
+                        Node::default()
+                            .with_node_id(BrokerId(m.node_id as i32))
+                            .with_listeners(vec![Listener::default()
+                                .with_name(sb(CONTROLLER_LISTENER))
+                                .with_host(sb(host))
+                                .with_port(port.parse().ok()?)]),
+                    )
                 })
                 .collect();
         }
@@ -92,5 +109,9 @@ async fn leader_view(local: QuorumStatus) -> Option<QuorumStatus> {
         return Some(local);
     }
     let addr = local.voters.get(&leader).cloned()?;
-    Some(MetadataQuorum::remote_status(&addr, LEADER_STATUS_TIMEOUT).await.unwrap_or(local))
+    Some(
+        MetadataQuorum::remote_status(&addr, LEADER_STATUS_TIMEOUT)
+            .await
+            .unwrap_or(local),
+    )
 }

@@ -4,6 +4,12 @@
 //! batches go out as stored bytes. Long polling: if fewer than `min_bytes` are ready,
 //! the request waits for any of its partitions to change, up to `max_wait_ms`.
 //! Sessions (KIP-227) live in `fetch_session`.
+//!
+//! Follower fetches (a replica id ≥ 0) take the same path with three differences: they
+//! read up to the log end rather than the high watermark, their fetch offset is
+//! recorded as the follower's log end (which moves the high watermark and may grow the
+//! ISR), and a follower whose last fetched epoch disagrees with this log is answered
+//! with the diverging epoch instead of records, so it truncates first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +28,7 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::protocol::segmented::{encode_response_sharing, SHARE_MIN_BYTES};
 use crate::protocol::RequestContext;
+use crate::replication::manager::now_ms;
 use crate::replication::Partition;
 use keel_storage::ReadPlan;
 
@@ -37,6 +44,8 @@ struct Target {
     name: String,
     topic_id: uuid::Uuid,
     replica: Result<Arc<Partition>, ResponseError>,
+    /// For a follower whose log diverges: the epoch and end offset to truncate to.
+    diverging: Option<(i32, i64)>,
 }
 
 /// Starts a fetch.
@@ -63,6 +72,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
                 current_leader_epoch: p.current_leader_epoch,
                 last_high_watermark: -1,
                 last_log_start_offset: -1,
+                last_fetched_epoch: p.last_fetched_epoch,
             })
         })
         .collect();
@@ -109,25 +119,38 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
     }
     .min(broker.config.fetch_max_bytes);
     let read_committed = req.isolation_level == READ_COMMITTED;
+    let replica_id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let follower = (replica_id >= 0).then_some(replica_id);
 
     Box::pin(async move {
         let image = broker.image();
         let targets: Vec<Target> = partitions
             .into_iter()
-            .map(|p| resolve(&broker, &image, p))
+            .map(|p| resolve(&broker, &image, p, follower))
             .collect();
+        if let Some(id) = follower {
+            record_follower_fetches(&broker, &targets, id);
+        }
         let planned = loop {
             // Arm the wake-ups before looking, so a change between the look and the
             // wait is not missed.
             let mut wakeups: Vec<_> = targets
                 .iter()
                 .filter_map(|t| t.replica.as_ref().ok())
-                .map(|r| Box::pin(r.changed()))
+                .flat_map(|r| {
+                    // Followers wait for appends too (they read past the high watermark).
+                    let appended = follower.is_some().then(|| Box::pin(r.appended()));
+                    std::iter::once(Box::pin(r.changed())).chain(appended)
+                })
                 .collect();
             for w in wakeups.iter_mut() {
                 w.as_mut().enable();
             }
-            let ready = gather(&targets, max_bytes);
+            let ready = gather(&targets, max_bytes, follower.is_some());
             let done = ready.bytes >= min_bytes
                 || ready.errors
                 || tokio::time::Instant::now() >= deadline
@@ -162,7 +185,12 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
                 out.high_watermark,
                 out.log_start_offset,
             ));
-            let data = PartitionData::default()
+            let mut data = PartitionData::default();
+            if let Some((epoch, end_offset)) = target.diverging {
+                data.diverging_epoch.epoch = epoch;
+                data.diverging_epoch.end_offset = end_offset;
+            }
+            let data = data
                 .with_partition_index(target.req.partition)
                 .with_error_code(out.error)
                 .with_high_watermark(out.high_watermark)
@@ -208,7 +236,40 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
     })
 }
 
-fn resolve(broker: &Broker, image: &MetadataImage, req: SessionPartition) -> Target {
+/// Records each follower fetch on the leader's partition state (moving the high
+/// watermark) and queues the ISR change that may follow.
+fn record_follower_fetches(broker: &Broker, targets: &[Target], follower: i32) {
+    let now = now_ms();
+    for t in targets {
+        let Ok(replica) = &t.replica else { continue };
+        if t.diverging.is_some() {
+            continue;
+        }
+        if let Some(proposal) = replica.on_follower_fetch(follower, t.req.fetch_offset, now) {
+            broker.replicas.propose_isr(replica.clone(), proposal);
+        }
+    }
+}
+
+/// Where a follower's log parts from this leader's: its last fetched epoch ends here
+/// at a different epoch or before its fetch offset (Kafka's diverging-epoch check).
+fn divergence(replica: &Partition, req: &SessionPartition) -> Option<(i32, i64)> {
+    if req.last_fetched_epoch < 0 {
+        return None;
+    }
+    let (epoch, end) = replica.end_offset_for_epoch(req.last_fetched_epoch);
+    if epoch < 0 {
+        return None;
+    }
+    (epoch < req.last_fetched_epoch || end < req.fetch_offset).then_some((epoch, end))
+}
+
+fn resolve(
+    broker: &Broker,
+    image: &MetadataImage,
+    req: SessionPartition,
+    follower: Option<i32>,
+) -> Target {
     let (name, topic_id, unknown) = match &req.topic {
         TopicKey::Name(n) => (
             n.clone(),
@@ -231,24 +292,26 @@ fn resolve(broker: &Broker, image: &MetadataImage, req: SessionPartition) -> Tar
         .and_then(|t| t.partitions.get(&req.partition));
     let replica = match meta {
         None => Err(unknown),
-        Some(meta) if meta.leader != broker.config.node_id => {
-            Err(ResponseError::NotLeaderOrFollower)
-        }
-        Some(meta) => match broker.replicas.get(topic_id, req.partition) {
-            None => Err(ResponseError::NotLeaderOrFollower),
-            Some(r) => {
-                match errors::check_leader_epoch(req.current_leader_epoch, meta.leader_epoch) {
+        Some(_) => match broker.replicas.get(topic_id, req.partition) {
+            Some(r) if r.is_leader() => {
+                match errors::check_leader_epoch(req.current_leader_epoch, r.leader_epoch()) {
                     Some(e) => Err(e),
                     None => Ok(r),
                 }
             }
+            _ => Err(ResponseError::NotLeaderOrFollower),
         },
+    };
+    let diverging = match (&replica, follower) {
+        (Ok(r), Some(_)) => divergence(r, &req),
+        _ => None,
     };
     Target {
         req,
         name,
         topic_id,
         replica,
+        diverging,
     }
 }
 
@@ -270,7 +333,7 @@ struct Gathered {
 /// Plans a read of every target within the byte budgets (no data is read yet: see
 /// [`read_planned`]). The first batch of the first partition with data is returned
 /// even if it exceeds the budgets (KIP-74), so a big batch never blocks a consumer.
-fn gather(targets: &[Target], max_bytes: usize) -> Gathered {
+fn gather(targets: &[Target], max_bytes: usize, follower: bool) -> Gathered {
     let mut out = Gathered {
         bytes: 0,
         errors: false,
@@ -291,9 +354,26 @@ fn gather(targets: &[Target], max_bytes: usize) -> Gathered {
                 continue;
             }
         };
+        if t.diverging.is_some() {
+            // Nothing to read until the follower truncates: the answer is ready now.
+            out.errors = true;
+            out.partitions.push(PartitionOut {
+                error: 0,
+                high_watermark: replica.high_watermark(),
+                log_start_offset: replica.log_start_offset(),
+                plan: None,
+                records: None,
+            });
+            continue;
+        }
         let budget = (t.req.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(out.bytes));
         let min_one = out.bytes == 0;
-        match replica.read(t.req.fetch_offset, budget, min_one) {
+        let read = if follower {
+            replica.read_for_replica(t.req.fetch_offset, budget)
+        } else {
+            replica.read(t.req.fetch_offset, budget, min_one)
+        };
+        match read {
             Ok(read) => {
                 out.bytes += read.plan.len();
                 out.partitions.push(PartitionOut {

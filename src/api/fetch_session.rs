@@ -45,6 +45,9 @@ pub struct SessionPartition {
     pub last_high_watermark: i64,
     /// Log start offset last sent.
     pub last_log_start_offset: i64,
+    /// Epoch of the last batch the fetcher holds (v12+, -1: unknown): the leader
+    /// answers a follower whose log diverges from its own with the diverging epoch.
+    pub last_fetched_epoch: i32,
 }
 
 struct Session {
@@ -222,6 +225,7 @@ mod tests {
 
     fn part(topic: &str, p: i32, offset: i64) -> SessionPartition {
         SessionPartition {
+            last_fetched_epoch: -1,
             topic: TopicKey::Name(topic.into()),
             partition: p,
             fetch_offset: offset,

@@ -42,7 +42,6 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
     let version = ctx.api_version;
     respond(ctx, async move {
         let image = broker.image();
-        let node = broker.config.node_id;
         let topics = req
             .topics
             .into_iter()
@@ -64,7 +63,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
                         let replica = broker.replicas.get_by_name(&name, p.partition_index);
-                        let Some(replica) = replica.filter(|_| meta.leader == node) else {
+                        let Some(replica) = replica.filter(|r| r.is_leader()) else {
                             return resp.with_error_code(ResponseError::NotLeaderOrFollower.code());
                         };
                         if let Some(e) =

@@ -11,6 +11,7 @@ pub mod fetch_session;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod produce_legacy;
 pub mod topics;

@@ -2,8 +2,16 @@
 //!
 //! The path: decode (batches stay bytes) → per partition, validate and append under
 //! the partition lock, in request order (`Partition::append_as_leader` →
-//! `keel_storage::Log::append_as_leader_shared`) → for acks=all, wait for the group commit
-//! that makes the batch durable → answer. Records are never decoded individually.
+//! `keel_storage::Log::append_as_leader_shared`) → for acks=all, wait until the high
+//! watermark covers the batch (every in-sync replica has it, durably under the default
+//! flush policy) → answer. Records are never decoded individually.
+//!
+//! acks=all is refused up front with NOT_ENOUGH_REPLICAS while the ISR is smaller than
+//! `min.insync.replicas`; a write appended but not replicated in time is answered
+//! NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank below it meanwhile, else
+//! REQUEST_TIMED_OUT; one whose leader lost its leadership meanwhile,
+//! NOT_LEADER_OR_FOLLOWER. None of these promises the write is absent: the client
+//! retries (an idempotent producer's retry is recognised as a duplicate).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +29,7 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::protocol::RequestContext;
 use crate::replication::manager::now_ms;
+use crate::replication::partition::AckOutcome;
 use crate::replication::Partition;
 
 /// Versions served. v0–v2 go through `produce_legacy` and take magic-2 batches only.
@@ -46,7 +55,6 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
     let timeout =
         Duration::from_millis(req.timeout_ms.max(0) as u64).min(broker.config.request_timeout_max);
     let image = broker.image();
-    let node = broker.config.node_id;
     let now = now_ms();
     let mut waiters = Vec::new();
     let mut responses = Vec::with_capacity(req.topic_data.len());
@@ -76,7 +84,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 continue;
             };
             let replica = broker.replicas.get_by_name(&name, data.index);
-            let Some(replica) = replica.filter(|_| meta.leader == node) else {
+            let Some(replica) = replica.filter(|r| r.is_leader()) else {
                 let hint = LeaderIdAndEpoch::default()
                     .with_leader_id(meta.leader.into())
                     .with_leader_epoch(meta.leader_epoch);
@@ -92,10 +100,21 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 );
                 continue;
             };
+            if acks == ACKS_ALL && !replica.has_min_insync() {
+                partitions.push(fail(resp, ResponseError::NotEnoughReplicas));
+                continue;
+            }
             // Written straight from the request frame: the storage layer writes the
             // patched headers (offsets, leader epoch) next to the rest of each batch,
             // so the bytes are not copied and no record is decoded.
-            let appended = replica.append_as_leader(&records, now);
+            let Some(appended) = replica.append_as_leader(&records, now) else {
+                let hint = LeaderIdAndEpoch::default()
+                    .with_leader_id(meta.leader.into())
+                    .with_leader_epoch(meta.leader_epoch);
+                partitions
+                    .push(fail(resp, ResponseError::NotLeaderOrFollower).with_current_leader(hint));
+                continue;
+            };
             if let Ok(LeaderAppend::Duplicate(info)) = &appended {
                 // A retry whose first attempt was written: answered, not rewritten.
                 tracing::info!(
@@ -154,14 +173,18 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
     let deadline = tokio::time::Instant::now() + timeout;
     Box::pin(async move {
         for w in waiters {
-            if !w.replica.wait_acknowledgeable(w.end_offset, deadline).await {
-                let resp = &mut responses[w.topic].partition_responses[w.partition];
-                resp.error_code = if w.replica.is_stopped() {
-                    ResponseError::NotLeaderOrFollower.code()
-                } else {
-                    ResponseError::RequestTimedOut.code()
-                };
-            }
+            let error = match w.replica.wait_acknowledgeable(w.end_offset, deadline).await {
+                AckOutcome::Acked => continue,
+                AckOutcome::NotLeader => ResponseError::NotLeaderOrFollower,
+                AckOutcome::TimedOut {
+                    below_min_isr: true,
+                } => ResponseError::NotEnoughReplicasAfterAppend,
+                AckOutcome::TimedOut {
+                    below_min_isr: false,
+                } => ResponseError::RequestTimedOut,
+            };
+            let resp = &mut responses[w.topic].partition_responses[w.partition];
+            resp.error_code = error.code();
         }
         reply(&ctx, ProduceResponse::default().with_responses(responses))
     })

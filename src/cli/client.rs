@@ -41,6 +41,41 @@ impl KafkaClient {
         })
     }
 
+    /// Connects to `addr` from `local_ip` (so inter-broker traffic leaves from this
+    /// node's own address, which lets tests partition nodes with iptables).
+    ///
+    /// # Errors
+    /// Unreachable or refused addresses, named in the message.
+    pub async fn connect_from(
+        addr: &str,
+        local_ip: std::net::IpAddr,
+        client_id: &str,
+    ) -> anyhow::Result<Self> {
+        let target = tokio::net::lookup_host(addr)
+            .await
+            .with_context(|| format!("cannot resolve {addr}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{addr} resolves to no address"))?;
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket
+            .bind(std::net::SocketAddr::new(local_ip, 0))
+            .with_context(|| format!("cannot bind {local_ip}"))?;
+        let stream = tokio::time::timeout(CLIENT_TIMEOUT, socket.connect(target))
+            .await
+            .map_err(|_| anyhow!("timed out connecting to {addr}"))?
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(KafkaClient {
+            stream,
+            correlation_id: 0,
+            client_id: client_id.to_string(),
+        })
+    }
+
     /// Sends raw bytes as one frame and returns the raw response frame (for tests
     /// that craft requests by hand).
     ///

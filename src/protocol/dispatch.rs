@@ -78,6 +78,8 @@ pub enum Body {
     IncrementalAlterConfigs(m::IncrementalAlterConfigsRequest),
     /// DescribeQuorum (55).
     DescribeQuorum(m::DescribeQuorumRequest),
+    /// OffsetForLeaderEpoch (23).
+    OffsetForLeaderEpoch(m::OffsetForLeaderEpochRequest),
     /// DeleteRecords (21).
     DeleteRecords(m::DeleteRecordsRequest),
     /// DescribeCluster (60).
@@ -180,6 +182,7 @@ pub fn decode_request(frame: Bytes) -> Result<Decoded, DispatchError> {
         ApiKey::DeleteRecords => decode!(DeleteRecords),
         ApiKey::DescribeCluster => decode!(DescribeCluster),
         ApiKey::DescribeQuorum => decode!(DescribeQuorum),
+        ApiKey::OffsetForLeaderEpoch => decode!(OffsetForLeaderEpoch),
         ApiKey::InitProducerId => decode!(InitProducerId),
         other => return Err(DispatchError::UnsupportedApi(other)),
     };
@@ -256,6 +259,7 @@ pub fn dispatch(
         Body::DeleteRecords(r) => api::delete_records::handle(b, ctx, r),
         Body::DescribeCluster(r) => api::describe_cluster::handle(b, ctx, r),
         Body::DescribeQuorum(r) => api::describe_quorum::handle(b, ctx, r),
+        Body::OffsetForLeaderEpoch(r) => api::offset_for_leader_epoch::handle(b, ctx, r),
         Body::InitProducerId(r) => api::init_producer_id::handle(b, ctx, r),
     };
     drop(_entered);
@@ -369,6 +373,7 @@ mod tests {
             ApiKey::ApiVersions => enc!(m::ApiVersionsRequest::default()),
             ApiKey::DescribeCluster => enc!(m::DescribeClusterRequest::default()),
             ApiKey::DescribeQuorum => enc!(m::DescribeQuorumRequest::default()),
+            ApiKey::OffsetForLeaderEpoch => enc!(m::OffsetForLeaderEpochRequest::default()),
             ApiKey::InitProducerId => enc!(m::InitProducerIdRequest::default()),
             other => panic!("no sample for {other:?}"),
         }

@@ -21,6 +21,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DeleteRecords, api::delete_records::VERSIONS),
     (ApiKey::InitProducerId, api::init_producer_id::VERSIONS),
     (
+        ApiKey::OffsetForLeaderEpoch,
+        api::offset_for_leader_epoch::VERSIONS,
+    ),
+    (
         ApiKey::DescribeConfigs,
         api::configs::DESCRIBE_CONFIGS_VERSIONS,
     ),

@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 /// File in the log directory holding every partition's recovery point.
 pub const RECOVERY_POINT_CHECKPOINT_FILE: &str = "recovery-point-offset-checkpoint";
+/// File in the log directory holding every partition's high watermark.
+pub const REPLICATION_OFFSET_CHECKPOINT_FILE: &str = "replication-offset-checkpoint";
 /// File in a partition directory naming its topic id.
 pub const PARTITION_METADATA_FILE: &str = "partition.metadata";
 

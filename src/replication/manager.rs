@@ -4,22 +4,35 @@
 //! response to an image: a partition whose replicas include this node gets a log; a
 //! log whose topic id is no longer in the image is deleted. Handlers that just changed
 //! the metadata wait for `wait_applied` so their clients never race the change.
+//!
+//! Roles come from the image too: a partition whose committed leader is this node
+//! becomes leader in the committed leader epoch (with the committed ISR); any other
+//! hosted partition becomes a follower of the committed leader and is handed to the
+//! fetcher for that leader, which truncates it before fetching. ISR changes the leaders
+//! want are queued here and sent to the controller by `isr::run`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use keel_raft::image::MetadataImage;
+use keel_raft::image::{MetadataImage, PartitionImage};
 use keel_storage::fs::Filesystem;
 use keel_storage::{checkpoint, Log, LogError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::log_dir::{self, RECOVERY_POINT_CHECKPOINT_FILE};
-use super::partition::Partition;
+use super::fetcher::FetcherManager;
+use super::log_dir::{self, RECOVERY_POINT_CHECKPOINT_FILE, REPLICATION_OFFSET_CHECKPOINT_FILE};
+use super::partition::{IsrProposal, Partition, ReplicaSettings};
 use crate::config::BrokerConfig;
 use crate::topic_config;
+
+/// Leaders look for followers that fell out of sync this often per
+/// `replica.lag.time.max.ms` (Kafka checks at half of it).
+const ISR_CHECKS_PER_LAG_TIME: u32 = 2;
+/// Floor of the ISR check interval, whatever the lag time.
+const MIN_ISR_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Errors opening the log directory at startup.
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +59,53 @@ pub struct ReplicaManager {
     applied: watch::Sender<u64>,
     /// The image last applied, to detect config changes cheaply.
     last_image: std::sync::Mutex<Option<Arc<MetadataImage>>>,
+    fetchers: FetcherManager,
+    /// ISR changes leaders want, for `isr::run` to send to the controller.
+    isr_tx: mpsc::UnboundedSender<(Arc<Partition>, IsrProposal)>,
+    isr_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Arc<Partition>, IsrProposal)>>>,
 }
 
 impl ReplicaManager {
     /// Creates an empty manager; `apply` opens the logs the image assigns here.
-    pub fn new(config: BrokerConfig, fs: Arc<dyn Filesystem>) -> Arc<Self> {
+    pub fn new(
+        config: BrokerConfig,
+        fs: Arc<dyn Filesystem>,
+        image: watch::Receiver<Arc<MetadataImage>>,
+    ) -> Arc<Self> {
+        let (isr_tx, isr_rx) = mpsc::unbounded_channel();
         Arc::new(ReplicaManager {
+            fetchers: FetcherManager::new(&config, image),
             config,
             fs,
             hosted: RwLock::new(Hosted::default()),
             applied: watch::Sender::new(0),
             last_image: std::sync::Mutex::new(None),
+            isr_tx,
+            isr_rx: std::sync::Mutex::new(Some(isr_rx)),
         })
+    }
+
+    /// Queues an ISR change a leader wants (see `isr::run`).
+    pub fn propose_isr(&self, partition: Arc<Partition>, proposal: IsrProposal) {
+        if self
+            .isr_tx
+            .send((partition.clone(), proposal.clone()))
+            .is_err()
+        {
+            partition.isr_change_failed(&proposal);
+        }
+    }
+
+    /// The queue of ISR changes; the first caller gets it.
+    pub fn take_isr_proposals(
+        &self,
+    ) -> Option<mpsc::UnboundedReceiver<(Arc<Partition>, IsrProposal)>> {
+        self.isr_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// This broker's id.
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
     }
 
     fn data_dir(&self) -> &Path {
@@ -104,7 +152,10 @@ impl ReplicaManager {
     /// A log that cannot be opened (at startup this stops the broker with the message).
     pub fn apply(&self, image: &Arc<MetadataImage>) -> Result<(), StartupError> {
         let node = self.config.node_id;
-        let recovery_points = self.read_recovery_points();
+        let recovery_points = self.read_offsets_checkpoint(RECOVERY_POINT_CHECKPOINT_FILE);
+        let high_watermarks = self.read_offsets_checkpoint(REPLICATION_OFFSET_CHECKPOINT_FILE);
+        let now = now_ms();
+        let mut roles = Vec::new();
         let configs_changed = {
             let last = self.last_image.lock().unwrap_or_else(|e| e.into_inner());
             last.as_ref().is_none_or(|l| l.configs != image.configs)
@@ -140,14 +191,15 @@ impl ReplicaManager {
                         continue;
                     }
                     if let Some(existing) = hosted.by_id.get(&(*topic_id, *index)) {
-                        existing.set_leader_epoch(pi.leader_epoch);
                         if configs_changed {
                             existing.set_config(topic_config::log_config(
                                 &self.config,
                                 image,
                                 &topic.name,
                             ));
+                            existing.set_min_insync_replicas(self.min_insync(image, &topic.name));
                         }
+                        roles.push((existing.clone(), pi.clone(), false));
                         continue;
                     }
                     let log_config = topic_config::log_config(&self.config, image, &topic.name);
@@ -157,26 +209,67 @@ impl ReplicaManager {
                         .copied()
                         .unwrap_or(0);
                     let log = self.open_log(&dir, *topic_id, log_config, recovery_point)?;
+                    let high_watermark = high_watermarks
+                        .get(&(topic.name.clone(), *index))
+                        .copied()
+                        .unwrap_or(0);
+                    let settings = ReplicaSettings {
+                        node_id: node,
+                        policy: self.config.flush_policy,
+                        lag_time_max_ms: self.config.replica_lag_time_max.as_millis() as i64,
+                        min_insync_replicas: self.min_insync(image, &topic.name),
+                    };
                     let partition = Partition::new(
                         topic.name.clone(),
                         *topic_id,
                         *index,
                         log,
-                        pi.leader_epoch,
-                        self.config.flush_policy,
+                        high_watermark,
+                        settings,
                     );
                     tokio::spawn(partition.clone().run_flusher(self.config.flush_interval));
-                    hosted.by_id.insert((*topic_id, *index), partition);
+                    hosted.by_id.insert((*topic_id, *index), partition.clone());
                     hosted.ids_by_name.insert(topic.name.clone(), *topic_id);
+                    roles.push((partition, pi.clone(), true));
                 }
             }
         }
         for p in to_stop {
+            self.fetchers.remove(p.topic_id, p.index);
             self.delete_partition(p);
+        }
+        for (p, pi, new) in roles {
+            self.apply_role(&p, &pi, new, now);
         }
         *self.last_image.lock().unwrap_or_else(|e| e.into_inner()) = Some(image.clone());
         self.applied.send_replace(image.last_applied_index);
         Ok(())
+    }
+
+    fn min_insync(&self, image: &MetadataImage, topic: &str) -> usize {
+        topic_config::min_insync_replicas(&self.config, image, topic).max(1) as usize
+    }
+
+    /// Makes `p`'s role what the committed partition state says.
+    fn apply_role(&self, p: &Arc<Partition>, pi: &PartitionImage, new: bool, now: i64) {
+        let node = self.config.node_id;
+        if pi.leader == node {
+            self.fetchers.remove(p.topic_id, p.index);
+            p.become_leader(
+                pi.leader_epoch,
+                pi.partition_epoch,
+                pi.replicas.clone(),
+                pi.isr.clone(),
+                now,
+            );
+            return;
+        }
+        let changed = p.become_follower(pi.leader, pi.leader_epoch);
+        if pi.leader < 0 {
+            self.fetchers.remove(p.topic_id, p.index);
+        } else if changed || new {
+            self.fetchers.assign(p.clone(), pi.leader, pi.leader_epoch);
+        }
     }
 
     /// Opens (recovering) or creates a partition log; a directory left by another
@@ -258,27 +351,40 @@ impl ReplicaManager {
         }
     }
 
-    fn read_recovery_points(&self) -> HashMap<(String, i32), i64> {
-        let path = self.data_dir().join(RECOVERY_POINT_CHECKPOINT_FILE);
+    /// Reads an offsets checkpoint of the log directory; unreadable counts as empty
+    /// (every log then recovers from its start, every high watermark starts at 0).
+    fn read_offsets_checkpoint(&self, file: &str) -> HashMap<(String, i32), i64> {
+        let path = self.data_dir().join(file);
         match checkpoint::read_offsets(self.fs.as_ref(), &path) {
             Ok(entries) => entries.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
             Err(e) => {
-                tracing::warn!("recovery point checkpoint unreadable ({e}); recovering every log from its start");
+                tracing::warn!(
+                    "{file} unreadable ({e}); starting from offset 0 for every partition"
+                );
                 HashMap::new()
             }
         }
     }
 
-    /// Writes every hosted partition's recovery point (its durable offset).
+    /// Writes every hosted partition's recovery point (its durable offset) and high
+    /// watermark.
     pub fn checkpoint_recovery_points(&self) {
-        let entries: Vec<(String, i32, i64)> = self
-            .all()
+        let all = self.all();
+        let recovery: Vec<(String, i32, i64)> = all
             .iter()
             .map(|p| (p.topic.clone(), p.index, p.durable_offset()))
             .collect();
         let path = self.data_dir().join(RECOVERY_POINT_CHECKPOINT_FILE);
-        if let Err(e) = checkpoint::write_offsets(self.fs.as_ref(), &path, &entries) {
+        if let Err(e) = checkpoint::write_offsets(self.fs.as_ref(), &path, &recovery) {
             tracing::warn!("cannot write recovery point checkpoint: {e}");
+        }
+        let high_watermarks: Vec<(String, i32, i64)> = all
+            .iter()
+            .map(|p| (p.topic.clone(), p.index, p.high_watermark()))
+            .collect();
+        let path = self.data_dir().join(REPLICATION_OFFSET_CHECKPOINT_FILE);
+        if let Err(e) = checkpoint::write_offsets(self.fs.as_ref(), &path, &high_watermarks) {
+            tracing::warn!("cannot write high watermark checkpoint: {e}");
         }
     }
 
@@ -286,8 +392,20 @@ impl ReplicaManager {
     pub async fn run_housekeeping(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut retention = tokio::time::interval(self.config.retention_check_interval);
         let mut checkpoint = tokio::time::interval(self.config.recovery_point_checkpoint_interval);
+        let mut isr_check = tokio::time::interval(
+            (self.config.replica_lag_time_max / ISR_CHECKS_PER_LAG_TIME)
+                .max(MIN_ISR_CHECK_INTERVAL),
+        );
         loop {
             tokio::select! {
+                _ = isr_check.tick() => {
+                    let now = now_ms();
+                    for p in self.all() {
+                        if let Some(proposal) = p.maybe_shrink_isr(now) {
+                            self.propose_isr(p, proposal);
+                        }
+                    }
+                }
                 _ = retention.tick() => {
                     let now = now_ms();
                     for p in self.all() {
@@ -305,6 +423,7 @@ impl ReplicaManager {
 
     /// Flushes every partition, stops the flushers and writes recovery points.
     pub async fn shutdown(&self) {
+        self.fetchers.shutdown();
         let partitions = self.all();
         for p in &partitions {
             p.flush_now().await;

@@ -1,6 +1,9 @@
 //! The data plane on this broker: which partition replicas it hosts (decided only by
 //! the metadata image), their logs, high watermarks and flushers.
 
+pub mod fetcher;
+pub mod isr;
+pub mod leader_state;
 pub mod log_dir;
 pub mod manager;
 pub mod partition;

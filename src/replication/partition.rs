@@ -1,23 +1,70 @@
-//! One partition replica on this broker: its log, high watermark and flusher.
+//! One partition replica on this broker: its log, its role (leader or follower, as the
+//! metadata image says), its high watermark and its flusher.
 //!
-//! The log sits behind a mutex held only for in-memory work and page-cache writes;
-//! fsync and fetch reads run outside it through the storage crate's plans. Durability
-//! is group commit: appends mark the partition dirty, one flusher task per partition
-//! fsyncs everything appended so far in one go, then advances the durable offset
-//! (and, under `log.flush.policy=always`, the high watermark) past it.
+//! Locks: `replication` (role and the leader's follower tracking) before `log`, never
+//! the other way; both are held only for in-memory work and page-cache writes. Fsync
+//! and fetch reads run outside them through the storage crate's plans. Durability is
+//! group commit: appends mark the partition dirty, one flusher task per partition
+//! fsyncs everything appended so far in one go, then advances the durable offset.
+//!
+//! The high watermark (what consumers see, and what acks=all waits for) is, on a
+//! leader, computed by [`LeaderState`] from the followers' fetch offsets and this
+//! broker's own acknowledgeable offset: its durable offset under
+//! `log.flush.policy=always` (so the HW only covers bytes fsynced on every in-sync
+//! replica; followers fsync before they fetch again), its log end under `interval`.
+//! On a follower it is the leader's, capped at the local log end.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use keel_storage::{AppendError, LeaderAppend, Log, LogConfig, ReadError, ReadPlan};
+use keel_storage::{AppendError, AppendInfo, LeaderAppend, Log, LogConfig, ReadError, ReadPlan};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
+use super::leader_state::LeaderState;
 use crate::config::FlushPolicy;
 
 /// Exit status when an fsync fails: the log directory can no longer be trusted.
 pub const EXIT_STATUS_FSYNC_FAILED: i32 = 74;
+
+/// This broker's role for the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leader in `epoch`.
+    Leader { epoch: i32 },
+    /// Follower of `leader` (-1: none elected) in `epoch`.
+    Follower { leader: i32, epoch: i32 },
+}
+
+impl Role {
+    /// The leader epoch of the role.
+    pub fn epoch(&self) -> i32 {
+        match self {
+            Role::Leader { epoch } | Role::Follower { epoch, .. } => *epoch,
+        }
+    }
+}
+
+struct Replication {
+    role: Role,
+    /// Present while this broker leads.
+    leader: Option<LeaderState>,
+    /// min.insync.replicas of the topic.
+    min_insync_replicas: usize,
+}
+
+/// Why an acks=all wait ended without an acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The high watermark reached the offset.
+    Acked,
+    /// This broker stopped leading (or the partition was removed): the write may or may
+    /// not survive under the new leader.
+    NotLeader,
+    /// The deadline passed; `below_min_isr` tells whether the ISR is too small.
+    TimedOut { below_min_isr: bool },
+}
 
 /// A partition replica hosted here.
 pub struct Partition {
@@ -27,16 +74,22 @@ pub struct Partition {
     pub topic_id: Uuid,
     /// Partition index.
     pub index: i32,
+    node_id: i32,
     log: Mutex<Log>,
-    leader_epoch: AtomicI32,
-    high_watermark: AtomicI64,
+    replication: RwLock<Replication>,
+    high_watermark: watch::Sender<i64>,
     log_start_offset: AtomicI64,
     log_end_offset: AtomicI64,
     policy: FlushPolicy,
+    lag_time_max_ms: i64,
     /// Offset below which every byte is fsynced.
     durable: watch::Sender<i64>,
-    /// Woken when the high watermark or log start moves (long-poll fetches wait on it).
+    /// Bumped on every role or leader-epoch change; acks=all waiters give up on it.
+    generation: watch::Sender<u64>,
+    /// Woken when the high watermark or log start moves (consumer long polls).
     changed: Notify,
+    /// Woken when the log end moves (follower long polls on the leader).
+    appended: Notify,
     /// Woken by appends; the flusher waits on it.
     dirty: Notify,
     stopped: AtomicBool,
@@ -55,35 +108,58 @@ pub struct PartitionRead {
     pub log_end_offset: i64,
 }
 
+/// Settings a partition runs with that come from configs.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaSettings {
+    /// This broker.
+    pub node_id: i32,
+    /// Durability policy.
+    pub policy: FlushPolicy,
+    /// replica.lag.time.max.ms.
+    pub lag_time_max_ms: i64,
+    /// min.insync.replicas of the topic.
+    pub min_insync_replicas: usize,
+}
+
 impl Partition {
-    /// Wraps an opened log. Under `always`, the high watermark starts at what is known
-    /// to be on disk; the flusher is kicked at once to cover any recovered tail.
+    /// Wraps an opened log, with no role yet: the replica manager then calls
+    /// `become_leader` or `become_follower` with the partition's state from the image.
+    /// The high watermark starts at `initial_high_watermark` (the checkpointed one),
+    /// within the log; the flusher is kicked at once to cover any recovered tail.
     pub fn new(
         topic: String,
         topic_id: Uuid,
         index: i32,
         log: Log,
-        leader_epoch: i32,
-        policy: FlushPolicy,
+        initial_high_watermark: i64,
+        settings: ReplicaSettings,
     ) -> Arc<Self> {
         let flushed = log.flushed_offset();
         let end = log.log_end_offset();
-        let hw = match policy {
-            FlushPolicy::Always => flushed.min(end),
-            FlushPolicy::Interval => end,
-        };
+        let hw = initial_high_watermark.clamp(log.log_start_offset(), end);
         let p = Arc::new(Partition {
             topic,
             topic_id,
             index,
+            node_id: settings.node_id,
             log_start_offset: AtomicI64::new(log.log_start_offset()),
             log_end_offset: AtomicI64::new(end),
             log: Mutex::new(log),
-            leader_epoch: AtomicI32::new(leader_epoch),
-            high_watermark: AtomicI64::new(hw),
-            policy,
+            replication: RwLock::new(Replication {
+                role: Role::Follower {
+                    leader: -1,
+                    epoch: -1,
+                },
+                leader: None,
+                min_insync_replicas: settings.min_insync_replicas,
+            }),
+            high_watermark: watch::Sender::new(hw),
+            policy: settings.policy,
+            lag_time_max_ms: settings.lag_time_max_ms,
             durable: watch::Sender::new(flushed),
+            generation: watch::Sender::new(0),
             changed: Notify::new(),
+            appended: Notify::new(),
             dirty: Notify::new(),
             stopped: AtomicBool::new(false),
             stop: Notify::new(),
@@ -99,19 +175,111 @@ impl Partition {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Current leader epoch.
-    pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.load(Ordering::Acquire)
+    fn repl(&self) -> RwLockReadGuard<'_, Replication> {
+        self.replication.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets the leader epoch from the metadata image.
-    pub fn set_leader_epoch(&self, epoch: i32) {
-        self.leader_epoch.store(epoch, Ordering::Release);
+    fn repl_mut(&self) -> RwLockWriteGuard<'_, Replication> {
+        self.replication.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This broker's role.
+    pub fn role(&self) -> Role {
+        self.repl().role
+    }
+
+    /// Whether this broker leads the partition.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role(), Role::Leader { .. })
+    }
+
+    /// Current leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.role().epoch()
+    }
+
+    /// The leader's state, for tests and status.
+    pub fn leader_state(&self) -> Option<LeaderState> {
+        self.repl().leader.clone()
+    }
+
+    /// Becomes (or stays) leader in `epoch` with the committed `replicas` and `isr`.
+    /// A new leadership records its epoch's start offset in the epoch cache, so a
+    /// follower asking about an older epoch learns where it ended.
+    pub fn become_leader(
+        &self,
+        epoch: i32,
+        partition_epoch: i32,
+        replicas: Vec<i32>,
+        isr: Vec<i32>,
+        now_ms: i64,
+    ) {
+        let mut repl = self.repl_mut();
+        if let (Role::Leader { epoch: current }, Some(state)) = (repl.role, repl.leader.as_mut()) {
+            if current == epoch {
+                state.apply_committed(partition_epoch, replicas, isr, now_ms);
+                drop(repl);
+                self.recompute_high_watermark();
+                return;
+            }
+        }
+        let end = {
+            let mut log = self.log();
+            let end = log.log_end_offset();
+            if let Err(e) = log.assign_epoch_start(epoch, end) {
+                tracing::warn!(topic = %self.topic, partition = self.index, "cannot record epoch {epoch} start: {e}");
+            }
+            log.log_end_offset()
+        };
+        let min_isr = repl.min_insync_replicas;
+        repl.role = Role::Leader { epoch };
+        repl.leader = Some(LeaderState::new(
+            self.node_id,
+            epoch,
+            partition_epoch,
+            replicas,
+            isr,
+            min_isr,
+            self.lag_time_max_ms,
+            end,
+            self.high_watermark(),
+            now_ms,
+        ));
+        drop(repl);
+        tracing::info!(topic = %self.topic, partition = self.index, epoch, "became leader");
+        self.generation.send_modify(|g| *g += 1);
+        self.recompute_high_watermark();
+    }
+
+    /// Becomes (or stays) a follower of `leader` in `epoch`. Returns whether anything
+    /// changed (the fetcher must then truncate before fetching).
+    pub fn become_follower(&self, leader: i32, epoch: i32) -> bool {
+        let mut repl = self.repl_mut();
+        let role = Role::Follower { leader, epoch };
+        if repl.role == role {
+            return false;
+        }
+        repl.role = role;
+        repl.leader = None;
+        drop(repl);
+        tracing::info!(topic = %self.topic, partition = self.index, leader, epoch, "became follower");
+        self.generation.send_modify(|g| *g += 1);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Sets min.insync.replicas (a topic config change).
+    pub fn set_min_insync_replicas(&self, n: usize) {
+        let mut repl = self.repl_mut();
+        repl.min_insync_replicas = n;
+        if let Some(state) = repl.leader.as_mut() {
+            state.min_insync_replicas = n;
+        }
     }
 
     /// Offset below which records are visible to consumers.
     pub fn high_watermark(&self) -> i64 {
-        self.high_watermark.load(Ordering::Acquire)
+        *self.high_watermark.borrow()
     }
 
     /// First offset still in the log.
@@ -129,13 +297,31 @@ impl Partition {
         *self.durable.borrow()
     }
 
+    /// What this broker contributes to the high watermark.
+    fn acknowledgeable_offset(&self) -> i64 {
+        match self.policy {
+            FlushPolicy::Always => self.durable_offset().min(self.log_end_offset()),
+            FlushPolicy::Interval => self.log_end_offset(),
+        }
+    }
+
     /// Applies a topic config change.
     pub fn set_config(&self, config: LogConfig) {
         self.log().set_config(config);
     }
 
+    /// Whether an acks=all produce may be appended now: this broker leads and the ISR
+    /// has at least min.insync.replicas members.
+    pub fn has_min_insync(&self) -> bool {
+        self.repl()
+            .leader
+            .as_ref()
+            .is_some_and(LeaderState::has_min_insync)
+    }
+
     /// Appends a producer's batches as leader, straight from the caller's bytes (not
-    /// copied, not modified). Does not wait for fsync.
+    /// copied, not modified). Does not wait for fsync or followers. Returns `None` if
+    /// this broker is not the leader.
     ///
     /// # Errors
     /// Invalid batches, producer-state violations and I/O errors from the log.
@@ -143,35 +329,225 @@ impl Partition {
         &self,
         batches: &[u8],
         now_ms: i64,
-    ) -> Result<LeaderAppend, AppendError> {
+    ) -> Option<Result<LeaderAppend, AppendError>> {
+        let repl = self.repl();
+        let Role::Leader { epoch } = repl.role else {
+            return None;
+        };
         let mut log = self.log();
-        let result = log.append_as_leader_shared(batches, self.leader_epoch(), now_ms)?;
+        let result = log.append_as_leader_shared(batches, epoch, now_ms);
+        self.log_end_offset
+            .store(log.log_end_offset(), Ordering::Release);
+        self.log_start_offset
+            .store(log.log_start_offset(), Ordering::Release);
+        drop(log);
+        drop(repl);
+        if result.is_ok() {
+            self.appended.notify_waiters();
+            self.dirty.notify_one();
+            if self.policy == FlushPolicy::Interval {
+                self.recompute_high_watermark();
+            }
+        }
+        Some(result)
+    }
+
+    /// Appends batches fetched from the leader (offsets already assigned), if this
+    /// broker still follows in `epoch`. `None` if the role changed meanwhile.
+    ///
+    /// # Errors
+    /// Batches that do not continue the log, corrupt batches, I/O errors.
+    pub fn append_as_follower(
+        &self,
+        epoch: i32,
+        batches: &[u8],
+        now_ms: i64,
+    ) -> Option<Result<AppendInfo, AppendError>> {
+        let repl = self.repl();
+        if !matches!(repl.role, Role::Follower { epoch: e, .. } if e == epoch) {
+            return None;
+        }
+        let mut log = self.log();
+        let result = log.append_as_follower(batches, now_ms);
+        self.log_end_offset
+            .store(log.log_end_offset(), Ordering::Release);
+        self.log_start_offset
+            .store(log.log_start_offset(), Ordering::Release);
+        drop(log);
+        drop(repl);
+        self.dirty.notify_one();
+        Some(result)
+    }
+
+    /// Truncates a follower's log to `offset` (a divergent tail, found through
+    /// OffsetForLeaderEpoch). The high watermark never exceeds the log end.
+    ///
+    /// # Errors
+    /// I/O errors from the log.
+    pub fn truncate_to(&self, offset: i64) -> Result<(), keel_storage::LogError> {
+        let _repl = self.repl();
+        let mut log = self.log();
+        if offset >= log.log_end_offset() {
+            return Ok(());
+        }
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.index,
+            from = log.log_end_offset(),
+            to = offset,
+            "truncating divergent tail"
+        );
+        log.truncate_to(offset)?;
+        self.after_truncation(&log);
+        Ok(())
+    }
+
+    /// Empties a follower's log and restarts it at `offset` (the leader's log start
+    /// is past everything this follower has).
+    ///
+    /// # Errors
+    /// I/O errors from the log.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), keel_storage::LogError> {
+        let _repl = self.repl();
+        let mut log = self.log();
+        log.truncate_fully_and_start_at(offset)?;
+        self.after_truncation(&log);
+        Ok(())
+    }
+
+    fn after_truncation(&self, log: &Log) {
         let end = log.log_end_offset();
         self.log_end_offset.store(end, Ordering::Release);
         self.log_start_offset
             .store(log.log_start_offset(), Ordering::Release);
-        drop(log);
-        if self.policy == FlushPolicy::Interval {
-            self.advance_high_watermark(end);
+        self.durable
+            .send_modify(|d| *d = (*d).min(log.flushed_offset()));
+        self.high_watermark.send_if_modified(|hw| {
+            let moved = *hw > end || *hw < log.log_start_offset();
+            *hw = (*hw).clamp(log.log_start_offset(), end);
+            moved
+        });
+    }
+
+    /// Latest leader epoch in the local log and the end offset of a given epoch
+    /// (Kafka's OffsetForLeaderEpoch semantics).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.log().end_offset_for_epoch(epoch)
+    }
+
+    /// A follower's high watermark: the leader's, capped at the local log end.
+    pub fn update_follower_high_watermark(&self, leader_high_watermark: i64) {
+        let hw = leader_high_watermark.min(self.log_end_offset());
+        let moved = self.high_watermark.send_if_modified(|cur| {
+            let moved = *cur != hw;
+            *cur = hw;
+            moved
+        });
+        if moved {
+            self.changed.notify_waiters();
         }
-        self.dirty.notify_one();
-        Ok(result)
     }
 
-    /// Waits until `offset` (exclusive) is durable and visible, or `deadline` passes.
-    /// Returns whether it got there.
-    pub async fn wait_acknowledgeable(&self, offset: i64, deadline: tokio::time::Instant) -> bool {
-        let mut rx = match self.policy {
-            FlushPolicy::Always => self.durable.subscribe(),
-            FlushPolicy::Interval => return self.high_watermark() >= offset || self.is_stopped(),
+    /// Records a follower's fetch (the leader side of replication). Returns the ISR
+    /// change to propose to the controller, if one is due; it is then pending.
+    pub fn on_follower_fetch(
+        &self,
+        follower: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> Option<IsrProposal> {
+        let proposal = {
+            let mut repl = self.repl_mut();
+            let state = repl.leader.as_mut()?;
+            let end = self.log_end_offset();
+            state.on_follower_fetch(follower, fetch_offset, end, now_ms);
+            Self::propose_isr_change(state, end, now_ms)
         };
-        tokio::time::timeout_at(deadline, rx.wait_for(|d| *d >= offset))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.recompute_high_watermark();
+        proposal
     }
 
-    /// Plans a fetch read bounded by the high watermark (or the log end for a
-    /// replica read).
+    /// Checks for followers that stopped fetching (called periodically on leaders).
+    pub fn maybe_shrink_isr(&self, now_ms: i64) -> Option<IsrProposal> {
+        let mut repl = self.repl_mut();
+        let state = repl.leader.as_mut()?;
+        Self::propose_isr_change(state, self.log_end_offset(), now_ms)
+    }
+
+    fn propose_isr_change(
+        state: &mut LeaderState,
+        leader_end: i64,
+        now_ms: i64,
+    ) -> Option<IsrProposal> {
+        let new_isr = state.isr_change(leader_end, now_ms)?;
+        state.pending_isr = Some(new_isr.clone());
+        Some(IsrProposal {
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr,
+        })
+    }
+
+    /// The controller refused or could not be reached: forget the pending change so a
+    /// later check proposes again (against the then-current state).
+    pub fn isr_change_failed(&self, proposal: &IsrProposal) {
+        let mut repl = self.repl_mut();
+        if let Some(state) = repl.leader.as_mut() {
+            if state.pending_isr.as_ref() == Some(&proposal.new_isr) {
+                state.pending_isr = None;
+            }
+        }
+    }
+
+    /// Recomputes the leader's high watermark and wakes whoever waits on it.
+    pub fn recompute_high_watermark(&self) {
+        let own = self.acknowledgeable_offset();
+        let moved = {
+            let mut repl = self.repl_mut();
+            match repl.leader.as_mut() {
+                Some(state) => state.update_high_watermark(own),
+                None => None,
+            }
+        };
+        if let Some(hw) = moved {
+            self.high_watermark.send_if_modified(|cur| {
+                let moved = hw > *cur;
+                *cur = (*cur).max(hw);
+                moved
+            });
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until the high watermark covers `offset` (exclusive), this broker stops
+    /// leading, or `deadline` passes.
+    pub async fn wait_acknowledgeable(
+        &self,
+        offset: i64,
+        deadline: tokio::time::Instant,
+    ) -> AckOutcome {
+        let mut hw = self.high_watermark.subscribe();
+        let mut generation = self.generation.subscribe();
+        generation.borrow_and_update();
+        if !self.is_leader() || self.is_stopped() {
+            return AckOutcome::NotLeader;
+        }
+        let outcome = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                r = hw.wait_for(|h| *h >= offset) => if r.is_ok() { AckOutcome::Acked } else { AckOutcome::NotLeader },
+                _ = generation.changed() => AckOutcome::NotLeader,
+            }
+        })
+        .await;
+        match outcome {
+            Ok(o) => o,
+            Err(_) => AckOutcome::TimedOut {
+                below_min_isr: !self.has_min_insync(),
+            },
+        }
+    }
+
+    /// Plans a consumer read, bounded by the high watermark.
     ///
     /// # Errors
     /// `ReadError::OffsetOutOfRange` and I/O errors.
@@ -182,13 +558,37 @@ impl Partition {
         min_one_batch: bool,
     ) -> Result<PartitionRead, ReadError> {
         let hw = self.high_watermark();
+        self.read_below(offset, max_bytes, min_one_batch, hw)
+    }
+
+    /// Plans a follower's read, bounded by the log end.
+    ///
+    /// # Errors
+    /// `ReadError::OffsetOutOfRange` and I/O errors.
+    pub fn read_for_replica(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<PartitionRead, ReadError> {
+        self.read_below(offset, max_bytes, true, i64::MAX)
+    }
+
+    fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+        bound: i64,
+    ) -> Result<PartitionRead, ReadError> {
+        let hw = self.high_watermark();
         let log = self.log();
-        let plan = log.read(offset, max_bytes, hw, min_one_batch)?;
+        let end = log.log_end_offset();
+        let plan = log.read(offset, max_bytes, bound.min(end), min_one_batch)?;
         Ok(PartitionRead {
             plan,
             high_watermark: hw,
             log_start_offset: log.log_start_offset(),
-            log_end_offset: log.log_end_offset(),
+            log_end_offset: end,
         })
     }
 
@@ -198,17 +598,16 @@ impl Partition {
         self.changed.notified()
     }
 
-    fn advance_high_watermark(&self, to: i64) {
-        let prev = self.high_watermark.fetch_max(to, Ordering::AcqRel);
-        if to > prev {
-            self.changed.notify_waiters();
-        }
+    /// A future that completes on the next append (follower long polls).
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
     }
 
-    /// Moves the log start offset (DeleteRecords), persisted before returning.
+    /// Moves the log start offset (DeleteRecords on the leader, or a follower following
+    /// the leader's log start), persisted before returning.
     ///
     /// # Errors
-    /// Offsets beyond the high watermark, and I/O errors.
+    /// Offsets beyond the log end, and I/O errors.
     pub fn delete_records_before(&self, offset: i64) -> Result<i64, keel_storage::LogError> {
         let mut log = self.log();
         let start = log.delete_records_before(offset)?;
@@ -218,13 +617,14 @@ impl Partition {
         Ok(start)
     }
 
-    /// Runs retention and time-based rolls.
+    /// Runs retention (never past the high watermark) and time-based rolls.
     pub fn housekeeping(&self, now_ms: i64) {
+        let hw = self.high_watermark();
         let mut log = self.log();
         if let Err(e) = log.maybe_roll(now_ms) {
             tracing::warn!(topic = %self.topic, partition = self.index, "roll failed: {e}");
         }
-        match log.enforce_retention(now_ms) {
+        match log.enforce_retention_below(now_ms, hw) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 topic = %self.topic,
@@ -238,12 +638,7 @@ impl Partition {
         }
         self.log_start_offset
             .store(log.log_start_offset(), Ordering::Release);
-        let hw = self.high_watermark();
         drop(log);
-        // Retention may have moved the log start past a consumer's position.
-        if hw < self.log_start_offset() {
-            self.advance_high_watermark(self.log_start_offset());
-        }
         self.changed.notify_waiters();
         self.dirty.notify_one();
     }
@@ -258,12 +653,14 @@ impl Partition {
         self.stopped.store(true, Ordering::Release);
         self.stop.notify_waiters();
         self.dirty.notify_one();
+        self.generation.send_modify(|g| *g += 1);
         self.changed.notify_waiters();
+        self.appended.notify_waiters();
     }
 
-    /// Fsyncs everything appended so far. A failed fsync stops the process: the
-    /// kernel may have dropped the dirty pages, so a retry could report success for
-    /// data that is gone.
+    /// Fsyncs everything appended so far, then recomputes the high watermark. A failed
+    /// fsync stops the process: the kernel may have dropped the dirty pages, so a retry
+    /// could report success for data that is gone.
     pub async fn flush_now(self: &Arc<Self>) {
         loop {
             let Some(plan) = self.log().flush_plan() else {
@@ -285,9 +682,7 @@ impl Partition {
                 *d = (*d).max(flushed);
                 moved
             });
-            if self.policy == FlushPolicy::Always {
-                self.advance_high_watermark(flushed);
-            }
+            self.recompute_high_watermark();
         }
     }
 
@@ -311,6 +706,17 @@ impl Partition {
             self.flush_now().await;
         }
     }
+}
+
+/// An ISR change the leader wants the controller to make (AlterPartition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrProposal {
+    /// The leader's epoch.
+    pub leader_epoch: i32,
+    /// The partition epoch the change is based on.
+    pub partition_epoch: i32,
+    /// The proposed ISR.
+    pub new_isr: Vec<i32>,
 }
 
 fn fatal_fsync(topic: &str, partition: i32, error: &str) -> ! {

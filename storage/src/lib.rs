@@ -68,6 +68,7 @@ pub mod log;
 pub mod testing;
 
 pub use log::{
-    AppendError, AppendInfo, AppendOrigin, FlushPlan, LeaderAppend, Log, LogConfig, LogError,
-    ReadError, ReadPlan, RecoveryReport, TimestampType,
+    AppendError, AppendInfo, AppendOrigin, EpochEntry, FlushPlan, LeaderAppend, Log, LogConfig,
+    LogError, ReadError, ReadPlan, RecoveryReport, TimestampType, LEADER_EPOCH_CHECKPOINT_FILE,
+    UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
 };

@@ -6,5 +6,6 @@ pub mod clients;
 pub mod cluster;
 pub mod latency;
 pub mod node;
+pub mod records;
 
 pub use node::KeelNode;

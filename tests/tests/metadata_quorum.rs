@@ -373,18 +373,33 @@ fn describe_quorum_reports_the_leader_and_every_voter_through_any_broker() {
         .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
     for via in [1u64, 4] {
         let resp = keel_tests::clients::block_on(async {
-            let mut client = keel::cli::client::KafkaClient::connect(&c.client(via), "quorum-test").await.unwrap();
+            let mut client = keel::cli::client::KafkaClient::connect(&c.client(via), "quorum-test")
+                .await
+                .unwrap();
             client.call(&req, 2).await.unwrap()
         });
         assert_eq!(resp.error_code, 0);
         let p = &resp.topics[0].partitions[0];
-        assert_eq!(p.leader_id.0 as u64, leader, "leader as seen through node {via}");
+        assert_eq!(
+            p.leader_id.0 as u64, leader,
+            "leader as seen through node {via}"
+        );
         assert!(p.high_watermark > 0);
         let mut ids: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
         ids.sort();
         assert_eq!(ids, vec![1, 2, 3]);
-        assert_eq!(p.observers.iter().map(|o| o.replica_id.0).collect::<Vec<_>>(), vec![4]);
-        assert!(p.current_voters.iter().all(|v| v.log_end_offset > 0), "{:?}", p.current_voters);
+        assert_eq!(
+            p.observers
+                .iter()
+                .map(|o| o.replica_id.0)
+                .collect::<Vec<_>>(),
+            vec![4]
+        );
+        assert!(
+            p.current_voters.iter().all(|v| v.log_end_offset > 0),
+            "{:?}",
+            p.current_voters
+        );
         assert_eq!(resp.nodes.len(), 3, "controller endpoints of the voters");
     }
 }

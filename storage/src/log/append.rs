@@ -300,6 +300,11 @@ impl Log {
         }
         let interval = self.config.index_interval_bytes;
         self.active_mut().append(pieces, len, headers, interval)?;
+        self.note_batch_epochs(
+            headers
+                .iter()
+                .map(|h| (h.partition_leader_epoch, h.base_offset)),
+        )?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 
 mod append;
 mod config;
+mod epoch_cache;
 mod error;
 mod files;
 mod index;
@@ -31,6 +32,9 @@ pub use config::{
     LogConfig, DEFAULT_INDEX_INTERVAL_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PRODUCER_ID_EXPIRATION_MS, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_MS,
     DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_INDEX_BYTES, DEFAULT_SEGMENT_MS, MAX_SEGMENT_BYTES,
+};
+pub use epoch_cache::{
+    EpochEntry, LEADER_EPOCH_CHECKPOINT_FILE, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
 };
 pub use error::{AppendError, LogError, ReadError};
 pub use plan::{FlushPlan, ReadPlan};
@@ -135,6 +139,8 @@ pub struct Log {
     /// Offsets of producer snapshot files on disk.
     snapshots: BTreeSet<i64>,
     recovery_cap: Option<RecoveryCap>,
+    /// Where each leader epoch starts (`leader-epoch-checkpoint`).
+    epochs: epoch_cache::EpochCache,
 }
 
 impl Log {

@@ -12,6 +12,7 @@ use crate::batch::{validate_batch, BatchHeader, RECORD_BATCH_HEADER_BYTES};
 use crate::fs::{parent_dir, Filesystem};
 
 use super::config::LogConfig;
+use super::epoch_cache::read_epoch_checkpoint;
 use super::error::LogError;
 use super::files::{read_log_start_offset, read_recovery_cap, remove_if_exists, DirListing};
 use super::index::{OffsetIndex, TimeIndex};
@@ -266,6 +267,7 @@ impl Log {
         }
         let start_checkpoint = read_log_start_offset(&*fs, &dir)?;
         let recovery_cap = read_recovery_cap(&*fs, &dir)?;
+        let epoch_checkpoint = read_epoch_checkpoint(&*fs, &dir)?;
         let rp = recovery_cap.map_or(recovery_point, |c| recovery_point.min(c.below));
         let mut report = RecoveryReport {
             recovered_from: rp,
@@ -399,12 +401,14 @@ impl Log {
             producers: ProducerStateManager::default(),
             snapshots: listing.snapshots.into_iter().collect(),
             recovery_cap,
+            epochs: Default::default(),
         };
         let (snapshot, replayed) = log.rebuild_producer_state()?;
         while log.segments.len() > 1 && log.segments[1].base_offset <= log.log_start_offset {
             log.delete_oldest_segment()?;
             report.segments_deleted += 1;
         }
+        log.recover_epochs(epoch_checkpoint, rp)?;
         log.sync_dir_now()?;
         log.producers
             .expire(now_ms, log.config.producer_id_expiration_ms);

@@ -32,6 +32,7 @@ impl Log {
         while self.segments.len() > 1 && self.segments[1].base_offset <= offset {
             self.delete_oldest_segment()?;
         }
+        self.epochs_after_start_moved()?;
         self.sync_dir_now()?;
         Ok(self.log_start_offset)
     }
@@ -158,6 +159,7 @@ impl Log {
         self.flushed_offset = self.flushed_offset.min(new_end);
         self.log_start_offset = self.log_start_offset.min(new_end);
         self.rebuild_producer_state()?;
+        self.epochs_after_truncation()?;
         Ok(())
     }
 
@@ -196,6 +198,8 @@ impl Log {
         self.log_start_offset = offset;
         self.flushed_offset = offset;
         self.producers = Default::default();
+        self.epochs = Default::default();
+        self.write_epoch_checkpoint()?;
         Ok(())
     }
 
@@ -273,6 +277,7 @@ impl Log {
         }
         let new_first = self.segments[0].base_offset;
         self.log_start_offset = self.log_start_offset.max(new_first);
+        self.epochs_after_start_moved()?;
         let newest = self.snapshots.last().copied();
         let doomed: Vec<i64> = self
             .snapshots

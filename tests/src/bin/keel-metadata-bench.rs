@@ -57,18 +57,27 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 
 async fn visible(client: &mut KafkaClient, topic: &str) -> anyhow::Result<bool> {
     let req = MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]))
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_string())),
+        ))]))
         .with_allow_auto_topic_creation(false);
     let resp = client.call(&req, 12).await?;
-    Ok(resp.topics.first().is_some_and(|t| t.error_code == 0 && !t.partitions.is_empty()))
+    Ok(resp
+        .topics
+        .first()
+        .is_some_and(|t| t.error_code == 0 && !t.partitions.is_empty()))
 }
 
-async fn run(iterations: usize, brokers: Vec<String>) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+async fn run(
+    iterations: usize,
+    brokers: Vec<String>,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut admin = KafkaClient::connect(&brokers[0], "metadata-bench").await?;
     let mut pollers = Vec::new();
     for b in &brokers {
-        pollers.push(Arc::new(tokio::sync::Mutex::new(KafkaClient::connect(b, "metadata-bench-poll").await?)));
+        pollers.push(Arc::new(tokio::sync::Mutex::new(
+            KafkaClient::connect(b, "metadata-bench-poll").await?,
+        )));
     }
     let (mut acked, mut everywhere) = (Vec::new(), Vec::new());
     for i in 0..iterations {
@@ -90,10 +99,12 @@ async fn run(iterations: usize, brokers: Vec<String>) -> anyhow::Result<(Vec<Dur
                 })
             })
             .collect();
-        let req = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.clone())))
-            .with_num_partitions(1)
-            .with_replication_factor(1)]);
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                .with_num_partitions(1)
+                .with_replication_factor(1)]);
         let resp = admin.call(&req, 7).await?;
         acked.push(start.elapsed());
         if resp.topics.iter().any(|t| t.error_code != 0) {
@@ -114,12 +125,24 @@ fn main() -> anyhow::Result<()> {
     let observers = arg(&args, "--observers", DEFAULT_OBSERVERS)?;
     let mut roles = vec![Role::Combined; 3];
     roles.extend(std::iter::repeat_n(Role::Broker, observers));
-    eprintln!("starting {} nodes (3 voters, {observers} broker-only observers)", roles.len());
+    eprintln!(
+        "starting {} nodes (3 voters, {observers} broker-only observers)",
+        roles.len()
+    );
     let cluster = Cluster::start(BENCH_BLOCK, &roles, &[])?;
-    let brokers: Vec<String> = cluster.broker_ids().into_iter().map(|id| cluster.client(id)).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let brokers: Vec<String> = cluster
+        .broker_ids()
+        .into_iter()
+        .map(|id| cluster.client(id))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let (acked, everywhere) = runtime.block_on(run(iterations, brokers.clone()))?;
-    println!("metadata propagation on {} brokers, {iterations} topic creations:", brokers.len());
+    println!(
+        "metadata propagation on {} brokers, {iterations} topic creations:",
+        brokers.len()
+    );
     report("CreateTopics answered", acked);
     report("visible on every broker", everywhere);
     Ok(())
