@@ -62,15 +62,15 @@ async fn alter(broker: Arc<Broker>, partition: Arc<Partition>, proposal: IsrProp
         }
         Ok(ControllerResponse::AlterPartition(Err(e))) => {
             tracing::info!(topic = %partition.topic, partition = partition.index, "ISR change refused: {e}");
-            partition.isr_change_failed(&proposal);
+            partition.isr_change_failed(&proposal, now_ms());
         }
         Ok(other) => {
             tracing::error!("controller answered AlterPartition with {other:?}");
-            partition.isr_change_failed(&proposal);
+            partition.isr_change_failed(&proposal, now_ms());
         }
         Err(e) => {
             tracing::info!(topic = %partition.topic, partition = partition.index, "ISR change not committed: {e}");
-            partition.isr_change_failed(&proposal);
+            partition.isr_change_failed(&proposal, now_ms());
         }
     }
 }

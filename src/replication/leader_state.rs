@@ -55,6 +55,10 @@ pub struct LeaderState {
     pub followers: BTreeMap<i32, FollowerProgress>,
     /// Current high watermark.
     pub high_watermark: i64,
+    /// No ISR change is proposed before this time (ms): set when the controller
+    /// refused one or could not be reached, so a refused change (a fenced replica that
+    /// wants in) is not proposed again on every fetch.
+    pub isr_retry_after_ms: i64,
 }
 
 impl LeaderState {
@@ -100,6 +104,7 @@ impl LeaderState {
             epoch_start_offset,
             followers,
             high_watermark,
+            isr_retry_after_ms: 0,
         }
     }
 
@@ -206,7 +211,7 @@ impl LeaderState {
     /// The ISR change the leader should propose now, if any and none is in flight:
     /// lagging followers out, caught-up replicas in.
     pub fn isr_change(&self, leader_end: i64, now_ms: i64) -> Option<Vec<i32>> {
-        if self.pending_isr.is_some() {
+        if self.pending_isr.is_some() || now_ms < self.isr_retry_after_ms {
             return None;
         }
         let mut new_isr: Vec<i32> = self

@@ -92,7 +92,7 @@ impl ReplicaManager {
             .send((partition.clone(), proposal.clone()))
             .is_err()
         {
-            partition.isr_change_failed(&proposal);
+            partition.isr_change_failed(&proposal, now_ms());
         }
     }
 

@@ -25,6 +25,9 @@ use uuid::Uuid;
 use super::leader_state::LeaderState;
 use crate::config::FlushPolicy;
 
+/// How long a leader waits before proposing an ISR change again after one failed.
+pub const ISR_RETRY_BACKOFF_MS: i64 = 500;
+
 /// Exit status when an fsync fails: the log directory can no longer be trusted.
 pub const EXIT_STATUS_FSYNC_FAILED: i32 = 74;
 
@@ -489,12 +492,13 @@ impl Partition {
     }
 
     /// The controller refused or could not be reached: forget the pending change so a
-    /// later check proposes again (against the then-current state).
-    pub fn isr_change_failed(&self, proposal: &IsrProposal) {
+    /// check after `ISR_RETRY_BACKOFF_MS` proposes again (against the then-current state).
+    pub fn isr_change_failed(&self, proposal: &IsrProposal, now_ms: i64) {
         let mut repl = self.repl_mut();
         if let Some(state) = repl.leader.as_mut() {
             if state.pending_isr.as_ref() == Some(&proposal.new_isr) {
                 state.pending_isr = None;
+                state.isr_retry_after_ms = now_ms + ISR_RETRY_BACKOFF_MS;
             }
         }
     }
