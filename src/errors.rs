@@ -98,6 +98,10 @@ pub fn controller_error(e: &ControllerError) -> (ResponseError, String) {
         ControllerError::PolicyViolation(_) => ResponseError::PolicyViolation,
         ControllerError::ProducerIdsExhausted(_) => ResponseError::UnknownServerError,
         ControllerError::Internal(_) => ResponseError::UnknownServerError,
+        ControllerError::ElectionNotNeeded => ResponseError::ElectionNotNeeded,
+        ControllerError::PreferredLeaderNotAvailable => ResponseError::PreferredLeaderNotAvailable,
+        ControllerError::EligibleLeadersNotAvailable => ResponseError::EligibleLeadersNotAvailable,
+        ControllerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
     };
     (code, e.to_string())
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use keel::cli::cluster::{self, ClusterCommand};
+use keel::cli::partitions::{self, PartitionsCommand};
 use keel::cli::topics::{self, TopicsCommand};
 use keel::config::{BrokerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN_ADDR};
 
@@ -32,6 +33,48 @@ enum Command {
     Topics(TopicsArgs),
     /// Inspect the metadata quorum and change its voters.
     Cluster(ClusterArgs),
+    /// Move partition replicas between brokers and elect leaders.
+    Partitions(PartitionsArgs),
+}
+
+#[derive(Args)]
+struct PartitionsArgs {
+    /// A broker of the cluster.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN_ADDR, global = true)]
+    bootstrap_server: String,
+    #[command(subcommand)]
+    action: PartitionsAction,
+}
+
+#[derive(Subcommand)]
+enum PartitionsAction {
+    /// Move a partition's replicas to the given brokers (the first becomes the
+    /// preferred leader) while it keeps serving; or cancel a move with --cancel.
+    Reassign {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The target brokers, comma-separated.
+        #[arg(long, value_name = "ID,ID,…", required_unless_present = "cancel")]
+        replicas: Option<String>,
+        /// Cancel the reassignment in progress.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+    },
+    /// List reassignments in progress.
+    ListReassignments,
+    /// Move leadership to the preferred replica (or, with --unclean, elect any live
+    /// replica of a leaderless partition, which may lose acknowledged records).
+    ElectLeaders {
+        #[arg(long)]
+        topic: String,
+        /// One partition (all of the topic's by default).
+        #[arg(long)]
+        partition: Option<i32>,
+        #[arg(long)]
+        unclean: bool,
+    },
 }
 
 #[derive(Args)]
@@ -255,6 +298,38 @@ fn main() -> ExitCode {
                 },
             };
             runtime.block_on(topics::run(&args.bootstrap_server, cmd))
+        }
+        Command::Partitions(args) => {
+            let cmd = match args.action {
+                PartitionsAction::Reassign {
+                    topic,
+                    partition,
+                    replicas,
+                    cancel: _,
+                } => match replicas
+                    .as_deref()
+                    .map(partitions::parse_replicas)
+                    .transpose()
+                {
+                    Ok(replicas) => Ok(PartitionsCommand::Reassign {
+                        topic,
+                        partition,
+                        replicas,
+                    }),
+                    Err(e) => Err(e),
+                },
+                PartitionsAction::ListReassignments => Ok(PartitionsCommand::ListReassignments),
+                PartitionsAction::ElectLeaders {
+                    topic,
+                    partition,
+                    unclean,
+                } => Ok(PartitionsCommand::ElectLeaders {
+                    topic,
+                    partition,
+                    unclean,
+                }),
+            };
+            cmd.and_then(|cmd| runtime.block_on(partitions::run(&args.bootstrap_server, cmd)))
         }
         Command::Cluster(args) => match args.controller {
             None => Err(anyhow::Error::msg(

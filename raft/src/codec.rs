@@ -206,6 +206,15 @@ impl Versioned for ConfigOverrides {
     const VERSION: u16 = 1;
 }
 
+/// The persisted form of one topic's reassignments in progress: the topic id travels with
+/// them so the storage key need not be parsed back.
+pub type TopicReassignments = (uuid::Uuid, BTreeMap<i32, crate::image::Reassignment>);
+
+impl Versioned for TopicReassignments {
+    const WHAT: &'static str = "partition reassignments";
+    const VERSION: u16 = 1;
+}
+
 impl Versioned for crate::quorum::stored::StoredLogId {
     const WHAT: &'static str = "log id";
     const VERSION: u16 = 1;
@@ -280,6 +289,53 @@ impl From<SnapshotPayloadV1> for SnapshotPayload {
                 features: i.features,
                 last_applied_index: i.last_applied_index,
                 cluster_id: None,
+                reassignments_by_topic: BTreeMap::new(),
+            },
+        }
+    }
+}
+
+/// Version 2 of [`MetadataImage`] inside a snapshot: before partition reassignments.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct MetadataImageV2 {
+    brokers: BTreeMap<i32, BrokerImage>,
+    topics: BTreeMap<uuid::Uuid, TopicImage>,
+    topic_ids_by_name: BTreeMap<String, uuid::Uuid>,
+    configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
+    next_producer_id: i64,
+    next_broker_epoch: i64,
+    features: BTreeMap<String, i16>,
+    last_applied_index: u64,
+    cluster_id: Option<String>,
+}
+
+/// Version 2 of [`SnapshotPayload`].
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct SnapshotPayloadV2 {
+    last_applied: Option<crate::quorum::stored::StoredLogId>,
+    membership: crate::quorum::stored::StoredMembership,
+    image: MetadataImageV2,
+}
+
+impl From<SnapshotPayloadV2> for SnapshotPayload {
+    fn from(v2: SnapshotPayloadV2) -> Self {
+        let i = v2.image;
+        SnapshotPayload {
+            last_applied: v2.last_applied,
+            membership: v2.membership,
+            image: MetadataImage {
+                brokers: i.brokers,
+                topics: i.topics,
+                topic_ids_by_name: i.topic_ids_by_name,
+                configs: i.configs,
+                next_producer_id: i.next_producer_id,
+                next_broker_epoch: i.next_broker_epoch,
+                features: i.features,
+                last_applied_index: i.last_applied_index,
+                cluster_id: i.cluster_id,
+                reassignments_by_topic: BTreeMap::new(),
             },
         }
     }
@@ -287,12 +343,13 @@ impl From<SnapshotPayloadV1> for SnapshotPayload {
 
 impl Versioned for SnapshotPayload {
     const WHAT: &'static str = "snapshot";
-    /// 2: the image carries `cluster_id`.
-    const VERSION: u16 = 2;
+    /// 2: the image carries `cluster_id`. 3: the image carries partition reassignments.
+    const VERSION: u16 = 3;
 
     fn decode_older(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
         match version {
             1 => decode_payload::<SnapshotPayloadV1>(Self::WHAT, version, payload).map(Into::into),
+            2 => decode_payload::<SnapshotPayloadV2>(Self::WHAT, version, payload).map(Into::into),
             _ => Err(CodecError::UnsupportedVersion {
                 what: Self::WHAT,
                 version,
@@ -410,6 +467,51 @@ mod tests {
             decode::<SnapshotPayload>(&encode(&current).unwrap()).unwrap(),
             current
         );
+    }
+
+    #[test]
+    fn version_2_snapshot_decodes_without_reassignments() {
+        let snapshot = SnapshotPayloadV2 {
+            last_applied: None,
+            membership: crate::quorum::stored::StoredMembership {
+                log_id: None,
+                configs: vec![],
+                nodes: BTreeMap::new(),
+            },
+            image: MetadataImageV2 {
+                brokers: BTreeMap::new(),
+                topics: BTreeMap::new(),
+                topic_ids_by_name: BTreeMap::new(),
+                configs: BTreeMap::new(),
+                next_producer_id: 5,
+                next_broker_epoch: 9,
+                features: BTreeMap::new(),
+                last_applied_index: 3,
+                cluster_id: Some("c1".to_string()),
+            },
+        };
+        let mut bytes = 2u16.to_be_bytes().to_vec();
+        bytes.extend(bincode::serde::encode_to_vec(&snapshot, config()).unwrap());
+        let decoded: SnapshotPayload = decode(&bytes).unwrap();
+        assert_eq!(decoded.image.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(decoded.image.last_applied_index, 3);
+        assert!(decoded.image.reassignments_by_topic.is_empty());
+        // The current version carries reassignments.
+        let mut current = decoded.clone();
+        current.image.reassignments_by_topic.insert(
+            uuid::Uuid::from_u128(1),
+            BTreeMap::from([(
+                0,
+                crate::image::Reassignment {
+                    target: vec![1, 2],
+                    adding: vec![2],
+                    removing: vec![0],
+                },
+            )]),
+        );
+        let encoded = encode(&current).unwrap();
+        assert_eq!(&encoded[..2], &3u16.to_be_bytes());
+        assert_eq!(decode::<SnapshotPayload>(&encoded).unwrap(), current);
     }
 
     #[test]

@@ -44,6 +44,23 @@ pub struct MetadataImage {
     pub last_applied_index: u64,
     /// The cluster's id, once the first active controller recorded it.
     pub cluster_id: Option<String>,
+    /// Partition reassignments in progress, per topic id and partition; a topic without
+    /// one has no entry. Read it through [`MetadataImage::reassignment`] and
+    /// [`MetadataImage::reassignments`].
+    pub reassignments_by_topic: BTreeMap<Uuid, BTreeMap<i32, Reassignment>>,
+}
+
+/// A partition reassignment in progress (KIP-455). While it runs the partition's replicas
+/// are the original replicas followed by `adding`; it completes when every `target`
+/// replica is in the ISR, and the replicas then become `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    /// The replica list asked for (first = preferred leader).
+    pub target: Vec<i32>,
+    /// Target replicas that were not replicas when the reassignment started.
+    pub adding: Vec<i32>,
+    /// Replicas the reassignment takes away (original replicas not in `target`).
+    pub removing: Vec<i32>,
 }
 
 /// One registered broker.
@@ -99,6 +116,8 @@ pub(crate) enum ImageKey {
     Topic(Uuid),
     /// `configs[resource]`.
     Config(ConfigResource),
+    /// `reassignments_by_topic[id]`.
+    Reassignments(Uuid),
 }
 
 impl MetadataImage {
@@ -192,6 +211,7 @@ impl MetadataImage {
             }
             MetadataRecord::RemoveTopic { topic_id } => match self.topics.remove(topic_id) {
                 Some(topic) => {
+                    self.reassignments_by_topic.remove(topic_id);
                     self.topic_ids_by_name.remove(&topic.name);
                     self.configs.remove(&ConfigResource::Topic(topic.name));
                 }
@@ -315,7 +335,85 @@ impl MetadataImage {
                     "ignoring ClusterId record: the cluster id never changes"
                 ),
             },
+            MetadataRecord::PartitionReassignment {
+                topic_id,
+                partition,
+                target,
+            } => self.apply_reassignment(*topic_id, *partition, target.as_deref()),
         }
+    }
+
+    fn apply_reassignment(&mut self, topic_id: Uuid, partition: i32, target: Option<&[i32]>) {
+        let Some(p) = self
+            .topics
+            .get(&topic_id)
+            .and_then(|t| t.partitions.get(&partition))
+        else {
+            tracing::warn!(%topic_id, partition, "ignoring PartitionReassignment for an unknown partition");
+            return;
+        };
+        let Some(target) = target else {
+            if let Some(by_partition) = self.reassignments_by_topic.get_mut(&topic_id) {
+                by_partition.remove(&partition);
+                if by_partition.is_empty() {
+                    self.reassignments_by_topic.remove(&topic_id);
+                }
+            }
+            return;
+        };
+        if target.is_empty() {
+            tracing::warn!(%topic_id, partition, "ignoring PartitionReassignment with an empty target");
+            return;
+        }
+        let original = self.original_replicas(&topic_id, partition, &p.replicas);
+        let reassignment = Reassignment {
+            target: target.to_vec(),
+            adding: target
+                .iter()
+                .copied()
+                .filter(|r| !original.contains(r))
+                .collect(),
+            removing: original
+                .iter()
+                .copied()
+                .filter(|r| !target.contains(r))
+                .collect(),
+        };
+        self.reassignments_by_topic
+            .entry(topic_id)
+            .or_default()
+            .insert(partition, reassignment);
+    }
+
+    /// The replicas a partition had before its reassignment in progress (`replicas` less
+    /// the adding ones), or `replicas` if none is in progress.
+    pub fn original_replicas(&self, topic_id: &Uuid, partition: i32, replicas: &[i32]) -> Vec<i32> {
+        match self.reassignment(topic_id, partition) {
+            Some(r) => replicas
+                .iter()
+                .copied()
+                .filter(|id| !r.adding.contains(id))
+                .collect(),
+            None => replicas.to_vec(),
+        }
+    }
+
+    /// The reassignment in progress for one partition, if any.
+    pub fn reassignment(&self, topic_id: &Uuid, partition: i32) -> Option<&Reassignment> {
+        self.reassignments_by_topic
+            .get(topic_id)
+            .and_then(|by_partition| by_partition.get(&partition))
+    }
+
+    /// Every reassignment in progress, by topic id then partition.
+    pub fn reassignments(&self) -> impl Iterator<Item = (Uuid, i32, &Reassignment)> {
+        self.reassignments_by_topic
+            .iter()
+            .flat_map(|(topic_id, by_partition)| {
+                by_partition
+                    .iter()
+                    .map(move |(partition, r)| (*topic_id, *partition, r))
+            })
     }
 
     /// Replays the records of the Raft entry at `log_index`.
@@ -458,6 +556,21 @@ impl MetadataImage {
             h.u8(1);
             h.str(cluster_id);
         }
+        // Likewise: images without reassignments keep their digest.
+        if !self.reassignments_by_topic.is_empty() {
+            h.u8(2);
+            h.u64(self.reassignments_by_topic.len() as u64);
+            for (topic_id, by_partition) in &self.reassignments_by_topic {
+                h.bytes(topic_id.as_bytes());
+                h.u64(by_partition.len() as u64);
+                for (partition, r) in by_partition {
+                    h.i32(*partition);
+                    h.i32s(&r.target);
+                    h.i32s(&r.adding);
+                    h.i32s(&r.removing);
+                }
+            }
+        }
         h.finish()
     }
 
@@ -477,7 +590,10 @@ impl MetadataImage {
             | MetadataRecord::Partition { topic_id, .. }
             | MetadataRecord::PartitionChange { topic_id, .. } => vec![ImageKey::Topic(*topic_id)],
             MetadataRecord::RemoveTopic { topic_id } => {
-                let mut keys = vec![ImageKey::Topic(*topic_id)];
+                let mut keys = vec![
+                    ImageKey::Topic(*topic_id),
+                    ImageKey::Reassignments(*topic_id),
+                ];
                 if let Some(t) = self.topics.get(topic_id) {
                     keys.push(ImageKey::Config(ConfigResource::Topic(t.name.clone())));
                 }
@@ -487,6 +603,9 @@ impl MetadataImage {
             MetadataRecord::ProducerIds { .. }
             | MetadataRecord::FeatureLevel { .. }
             | MetadataRecord::ClusterId { .. } => vec![ImageKey::Header],
+            MetadataRecord::PartitionReassignment { topic_id, .. } => {
+                vec![ImageKey::Reassignments(*topic_id)]
+            }
         }
     }
 
@@ -509,6 +628,7 @@ impl MetadataImage {
         brokers: BTreeMap<i32, BrokerImage>,
         topics: BTreeMap<Uuid, TopicImage>,
         configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
+        reassignments_by_topic: BTreeMap<Uuid, BTreeMap<i32, Reassignment>>,
     ) -> Result<MetadataImage, String> {
         let mut topic_ids_by_name = BTreeMap::new();
         for (id, t) in &topics {
@@ -543,6 +663,7 @@ impl MetadataImage {
             features: header.features,
             last_applied_index: header.last_applied_index,
             cluster_id: header.cluster_id,
+            reassignments_by_topic,
         })
     }
 }

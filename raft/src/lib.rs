@@ -24,6 +24,7 @@ pub mod records;
 pub mod topic_config;
 
 pub use controller::handle;
+pub use controller::preferred_leader_elections;
 pub use controller::AlterConfigOp;
 pub use controller::AlterConfigsResource;
 pub use controller::AlterOp;
@@ -44,6 +45,7 @@ pub use controller::TopicRef;
 pub use image::BrokerImage;
 pub use image::MetadataImage;
 pub use image::PartitionImage;
+pub use image::Reassignment;
 pub use image::TopicImage;
 pub use quorum::MemberRole;
 pub use quorum::MemberStatus;

@@ -72,10 +72,22 @@ pub enum MetadataRecord {
     FeatureLevel { name: String, level: i16 },
     /// The cluster's id, written once by the first active controller of a new cluster
     /// before any other record. Later records with another id are ignored on replay.
+    ClusterId { cluster_id: String },
+    /// Starts or replaces (`Some(target)`) or ends (`None`) the reassignment of one
+    /// partition to the replica list `target` (KIP-455).
+    ///
+    /// Applied *before* the [`MetadataRecord::PartitionChange`] that widens the replica
+    /// list: the replicas the reassignment starts from are the partition's replicas at
+    /// that point, less the adding replicas of a reassignment it replaces. Ignored for an
+    /// unknown partition or an empty target.
     ///
     /// New variants go at the END of this enum: bincode encodes the variant index, so the
     /// order is part of the log format.
-    ClusterId { cluster_id: String },
+    PartitionReassignment {
+        topic_id: Uuid,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    },
 }
 
 /// One listener a broker serves clients on.

@@ -6,6 +6,7 @@ pub mod configs;
 pub mod delete_records;
 pub mod describe_cluster;
 pub mod describe_quorum;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod fetch_session;
 pub mod init_producer_id;
@@ -14,6 +15,7 @@ pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod produce_legacy;
+pub mod reassignments;
 pub mod topics;
 
 use std::future::Future;

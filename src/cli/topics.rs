@@ -53,7 +53,7 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-fn check(code: i16, message: Option<&StrBytes>, what: &str) -> anyhow::Result<()> {
+pub(crate) fn check(code: i16, message: Option<&StrBytes>, what: &str) -> anyhow::Result<()> {
     if code == 0 {
         return Ok(());
     }
@@ -244,6 +244,22 @@ pub async fn run(bootstrap: &str, cmd: TopicsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The partition indexes of `topic`.
+///
+/// # Errors
+/// The topic does not exist, or the request failed.
+pub(crate) async fn partition_ids(
+    client: &mut KafkaClient,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let resp = metadata(client, Some(topic)).await?;
+    let Some(t) = resp.topics.first() else {
+        bail!("no topic {topic} in the metadata response");
+    };
+    check(t.error_code, None, &format!("describing {topic}"))?;
+    Ok(t.partitions.iter().map(|p| p.partition_index).collect())
 }
 
 async fn metadata(

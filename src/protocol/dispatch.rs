@@ -86,6 +86,12 @@ pub enum Body {
     DescribeCluster(m::DescribeClusterRequest),
     /// InitProducerId (22).
     InitProducerId(m::InitProducerIdRequest),
+    /// ElectLeaders (43).
+    ElectLeaders(m::ElectLeadersRequest),
+    /// AlterPartitionReassignments (45).
+    AlterPartitionReassignments(m::AlterPartitionReassignmentsRequest),
+    /// ListPartitionReassignments (46).
+    ListPartitionReassignments(m::ListPartitionReassignmentsRequest),
 }
 
 /// What a frame asks for.
@@ -184,6 +190,9 @@ pub fn decode_request(frame: Bytes) -> Result<Decoded, DispatchError> {
         ApiKey::DescribeQuorum => decode!(DescribeQuorum),
         ApiKey::OffsetForLeaderEpoch => decode!(OffsetForLeaderEpoch),
         ApiKey::InitProducerId => decode!(InitProducerId),
+        ApiKey::ElectLeaders => decode!(ElectLeaders),
+        ApiKey::AlterPartitionReassignments => decode!(AlterPartitionReassignments),
+        ApiKey::ListPartitionReassignments => decode!(ListPartitionReassignments),
         other => return Err(DispatchError::UnsupportedApi(other)),
     };
     Ok(Decoded::Request {
@@ -261,6 +270,9 @@ pub fn dispatch(
         Body::DescribeQuorum(r) => api::describe_quorum::handle(b, ctx, r),
         Body::OffsetForLeaderEpoch(r) => api::offset_for_leader_epoch::handle(b, ctx, r),
         Body::InitProducerId(r) => api::init_producer_id::handle(b, ctx, r),
+        Body::ElectLeaders(r) => api::elect_leaders::handle(b, ctx, r),
+        Body::AlterPartitionReassignments(r) => api::reassignments::alter(b, ctx, r),
+        Body::ListPartitionReassignments(r) => api::reassignments::list(b, ctx, r),
     };
     drop(_entered);
     Ok(Box::pin(pending.instrument(span)))
@@ -375,6 +387,13 @@ mod tests {
             ApiKey::DescribeQuorum => enc!(m::DescribeQuorumRequest::default()),
             ApiKey::OffsetForLeaderEpoch => enc!(m::OffsetForLeaderEpochRequest::default()),
             ApiKey::InitProducerId => enc!(m::InitProducerIdRequest::default()),
+            ApiKey::ElectLeaders => enc!(m::ElectLeadersRequest::default()),
+            ApiKey::AlterPartitionReassignments => {
+                enc!(m::AlterPartitionReassignmentsRequest::default())
+            }
+            ApiKey::ListPartitionReassignments => {
+                enc!(m::ListPartitionReassignmentsRequest::default())
+            }
             other => panic!("no sample for {other:?}"),
         }
         b

@@ -39,6 +39,15 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     ),
     (ApiKey::DescribeQuorum, api::describe_quorum::VERSIONS),
     (ApiKey::DescribeCluster, api::describe_cluster::VERSIONS),
+    (ApiKey::ElectLeaders, api::elect_leaders::VERSIONS),
+    (
+        ApiKey::AlterPartitionReassignments,
+        api::reassignments::ALTER_VERSIONS,
+    ),
+    (
+        ApiKey::ListPartitionReassignments,
+        api::reassignments::LIST_VERSIONS,
+    ),
 ];
 
 /// The versions keel serves for `key`, or `None` if it does not serve the API.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs librdkafka's own test suite (Debian's librdkafka 2.0.2 source) against one keel
-# broker and fails if any test expected to pass does not.
+# broker, then against a 3-node keel cluster (default replication factor 3),
+# and fails if any test expected to pass does not.
 #
-#   bash tests/librdkafka/run.sh                 the expected-to-pass tests
+#   bash tests/librdkafka/run.sh                 the expected-to-pass tests, both setups
+#   LRK_NODES=3 bash tests/librdkafka/run.sh     only the cluster's tests
 #   TESTS=0001,0081/DeleteRecords bash tests/librdkafka/run.sh   chosen tests (NNNN/Sub: only
 #                                                the sub-tests whose name contains Sub)
 #
@@ -14,7 +16,9 @@
 #
 # Environment:
 #   TESTS            tests to run, comma-separated (default: EXPECTED_PASS below)
-#   LRK_LISTEN       the broker's address (default 127.0.0.71:19092, its own loopback address)
+#   LRK_LISTEN       the single broker's address (default 127.0.0.71:19092, its own
+#                    loopback address); the cluster's nodes are 127.0.0.7{2,3,4}:19092
+#   LRK_NODES        1: only the single broker, 3: only the cluster (default: both)
 #   KEEL_LOG         the broker's log filter (default info; `debug,keel::protocol=trace`
 #                    adds a line per request with its API, version and client id)
 #   LRK_FULL=1       run every test in full mode (without -Q: more messages, slower)
@@ -44,6 +48,16 @@ EXPECTED_PASS+=,0081/DescribeConfigs,0081/DeleteRecords
 EXPECTED_PASS_LOCAL=0004
 # Tests whose only broker sub-test is skipped in quick mode (-Q): run in full mode.
 FULL_MODE=0022
+# Against the 3-node cluster: the produce/consume/offsets set again and the produce set
+# with -P (every producer idempotent). 0090 (idempotence) reads back through a consumer
+# group: listed in docs/COMPATIBILITY.md until groups exist.
+EXPECTED_PASS_CLUSTER=0001,0002,0003,0005,0011,0012,0013,0015,0017,0022,0031,0034,0048,0054,0070,0073
+EXPECTED_PASS_CLUSTER_IDEMPOTENT=0001,0002,0003,0005,0011,0012,0013,0022,0034,0048
+CLUSTER_IPS=(127.0.0.72 127.0.0.73 127.0.0.74)
+CLUSTER_CLIENT_PORT=19092
+CLUSTER_CONTROLLER_PORT=19093
+# min.insync.replicas stays 1 (the suite creates topics with replication factor 1 too).
+CLUSTER_SETTINGS=(--set default.replication.factor=3)
 # The broker version the suite assumes: decides which tests and features it uses.
 TEST_KAFKA_VERSION=3.7.0
 # The default scenario of the suite's own trivup clusters auto-creates topics with 4
@@ -119,48 +133,55 @@ build_suite() {
     log "built in $((SECONDS - started)) s"
 }
 
-BROKER_PID=
+BROKER_PIDS=()
 RUN_DIR=
-stop_broker() {
-    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill -TERM "$BROKER_PID"
-        local waited=0
-        while kill -0 "$BROKER_PID" 2>/dev/null && [ $waited -lt $((BROKER_STOP_TIMEOUT_SECS * 10)) ]; do
+stop_brokers() {
+    local pid waited
+    for pid in "${BROKER_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
+    done
+    for pid in "${BROKER_PIDS[@]}"; do
+        waited=0
+        while kill -0 "$pid" 2>/dev/null && [ $waited -lt $((BROKER_STOP_TIMEOUT_SECS * 10)) ]; do
             sleep 0.1
             waited=$((waited + 1))
         done
-        kill -0 "$BROKER_PID" 2>/dev/null && kill -KILL "$BROKER_PID"
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
-    BROKER_PID=
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        wait "$pid" 2>/dev/null || true
+    done
+    BROKER_PIDS=()
 }
 cleanup() {
-    stop_broker
+    stop_brokers
     if [ -n "$RUN_DIR" ] && [ "${LRK_KEEP_DIR:-0}" != 1 ]; then rm -rf "$RUN_DIR"; fi
 }
 trap cleanup EXIT
 
-start_broker() {
-    local listen=$1
-    RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/keel-librdkafka-XXXXXX")
+# Starts one node: start_node NAME LISTEN [server args...]; its log is $RUN_DIR/NAME.log.
+start_node() {
+    local name=$1 listen=$2
+    shift 2
     KEEL_LOG=${KEEL_LOG:-info,openraft=warn} "$KEEL_BIN" server \
-        --data-dir "$RUN_DIR/data" --listen "$listen" "${BROKER_SETTINGS[@]}" \
-        >"$RUN_DIR/keel.log" 2>&1 &
-    BROKER_PID=$!
-    local host=${listen%:*} port=${listen##*:} waited=0
-    # The listener opens only once the node has registered and applied its metadata.
-    until (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; do
-        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-            echo "tests/librdkafka/run.sh: keel exited during start-up; log:" >&2
-            tail -40 "$RUN_DIR/keel.log" >&2
-            exit 1
-        fi
-        if [ $waited -ge $((BROKER_START_TIMEOUT_SECS * 10)) ]; then
-            echo "tests/librdkafka/run.sh: keel did not listen on $listen in time" >&2
-            exit 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
+        --data-dir "$RUN_DIR/$name" --listen "$listen" "${BROKER_SETTINGS[@]}" "$@" \
+        >"$RUN_DIR/$name.log" 2>&1 &
+    BROKER_PIDS+=($!)
+}
+
+# Waits until every started node listens on its client address.
+wait_listening() {
+    local listen host port waited
+    for listen in "$@"; do
+        host=${listen%:*} port=${listen##*:} waited=0
+        # The listener opens only once the node has registered and applied its metadata.
+        until (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; do
+            if [ $waited -ge $((BROKER_START_TIMEOUT_SECS * 10)) ]; then
+                echo "tests/librdkafka/run.sh: keel did not listen on $listen in time; logs:" >&2
+                tail -n 20 "$RUN_DIR"/*.log >&2
+                exit 1
+            fi
+            sleep 0.1
+            waited=$((waited + 1))
+        done
     done
 }
 
@@ -169,7 +190,7 @@ start_broker() {
 # exits at once) cannot take the others with it. Prints one line for it; succeeds only
 # if the test ran and passed.
 run_one() {
-    local test=${1%%/*} mode_flag=$2 subtest= out=$RUN_DIR/${1//\//-}.log started=$SECONDS
+    local test=${1%%/*} mode_flag=$2 subtest= out=$RUN_DIR/${1//\//-}${2//[^A-Za-z]/}.log started=$SECONDS
     local status=0 quick=-Q
     [[ $1 == */* ]] && subtest=${1#*/}
     [[ ",$FULL_MODE," == *",$test,"* || ${LRK_FULL:-0} == 1 ]] && quick=
@@ -189,8 +210,67 @@ run_one() {
             sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -q "\[ [^ ]*${subtest}.*: PASS (" || verdict=SKIPPED
         fi
     fi
-    printf '%-7s %s (%d s)\n' "$verdict" "$1" "$((SECONDS - started))"
+    printf '%-7s %s %s (%d s)\n' "$verdict" "$1" "$mode_flag" "$((SECONDS - started))"
     [ $verdict = PASSED ]
+}
+
+PASSED=0
+FAILED=0
+FAILURES=()
+# run_set FLAGS TESTS: runs each test with run-test.sh's FLAGS, counting the verdicts.
+run_set() {
+    local flags=$1 test
+    for test in ${2//,/ }; do
+        if run_one "$test" "$flags"; then
+            PASSED=$((PASSED + 1))
+        else
+            FAILED=$((FAILED + 1))
+            FAILURES+=("$test ($flags)")
+        fi
+    done
+}
+
+single_broker() {
+    local listen=${LRK_LISTEN:-127.0.0.71:19092}
+    local selected=${TESTS:-$EXPECTED_PASS}
+    start_node broker "$listen"
+    wait_listening "$listen"
+    printf 'bootstrap.servers=%s\n' "$listen" >"$RUN_DIR/test.conf"
+    log "running tests $selected against one keel broker on $listen (logs in $RUN_DIR)"
+    local started=$SECONDS
+    run_set -L "$selected"
+    [ -z "${TESTS:-}" ] && run_set -l "$EXPECTED_PASS_LOCAL"
+    log "single broker: ran in $((SECONDS - started)) s"
+    stop_brokers
+}
+
+cluster() {
+    local voters= listens=() i ip
+    for i in 1 2 3; do
+        ip=${CLUSTER_IPS[$((i - 1))]}
+        voters+=${voters:+,}$i@$ip:$CLUSTER_CONTROLLER_PORT
+        listens+=("$ip:$CLUSTER_CLIENT_PORT")
+    done
+    for i in 1 2 3; do
+        ip=${CLUSTER_IPS[$((i - 1))]}
+        start_node "node$i" "$ip:$CLUSTER_CLIENT_PORT" --node-id "$i" \
+            --roles broker,controller --controller-listen "$ip:$CLUSTER_CONTROLLER_PORT" \
+            --controller-quorum-voters "$voters" "${CLUSTER_SETTINGS[@]}"
+    done
+    wait_listening "${listens[@]}"
+    local bootstrap
+    bootstrap=$(IFS=,; echo "${listens[*]}")
+    printf 'bootstrap.servers=%s\n' "$bootstrap" >"$RUN_DIR/test.conf"
+    local selected=${TESTS:-$EXPECTED_PASS_CLUSTER}
+    log "running tests $selected against a 3-node keel cluster $bootstrap (logs in $RUN_DIR)"
+    local started=$SECONDS
+    run_set -L "$selected"
+    if [ -z "${TESTS:-}" ]; then
+        log "again with every producer idempotent (-P): $EXPECTED_PASS_CLUSTER_IDEMPOTENT"
+        run_set "-L -P" "$EXPECTED_PASS_CLUSTER_IDEMPOTENT"
+    fi
+    log "cluster: ran in $((SECONDS - started)) s"
+    stop_brokers
 }
 
 main() {
@@ -199,33 +279,28 @@ main() {
         exit 1
     fi
     build_suite
-
-    local listen=${LRK_LISTEN:-127.0.0.71:19092}
-    local selected=${TESTS:-$EXPECTED_PASS}
-    start_broker "$listen"
-    printf 'bootstrap.servers=%s\n' "$listen" >"$RUN_DIR/test.conf"
-    log "running tests $selected against keel on $listen (logs in $RUN_DIR)"
-    local started=$SECONDS passed=0 failed=0 failures=() test
-    for test in ${selected//,/ }; do
-        if run_one "$test" -L; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$test"); fi
-    done
-    if [ -z "${TESTS:-}" ]; then
-        for test in ${EXPECTED_PASS_LOCAL//,/ }; do
-            if run_one "$test" -l; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$test"); fi
-        done
-    fi
-    log "ran in $((SECONDS - started)) s"
-    stop_broker
-    echo "librdkafka: $passed passed, $failed failed"
-    if [ $failed -ne 0 ]; then
-        for test in "${failures[@]}"; do
-            echo "---- $test: failure lines (full output: $RUN_DIR/${test//\//-}.log) ----" >&2
+    RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/keel-librdkafka-XXXXXX")
+    case ${LRK_NODES:-both} in
+        1) single_broker ;;
+        3) cluster ;;
+        *) single_broker; cluster ;;
+    esac
+    echo "librdkafka: $PASSED passed, $FAILED failed"
+    if [ $FAILED -ne 0 ]; then
+        local f
+        for f in "${FAILURES[@]}"; do
+            local test=${f%% *} flags=${f#* }
+            local log_file=$RUN_DIR/${test//\//-}${flags//[^A-Za-z]/}.log
+            echo "---- $f: failure lines (full output: $log_file) ----" >&2
             # Each failure: the "### Test ... failed at" line and the reason after it.
-            sed 's/\x1b\[[0-9;]*m//g' "$RUN_DIR/${test//\//-}.log" |
+            sed 's/\x1b\[[0-9;]*m//g' "$log_file" |
                 grep -A1 -E '^### Test ".*" failed' | grep -v '^--$' | tail -12 >&2 || true
         done
-        echo "---- broker log tail ($RUN_DIR/keel.log) ----" >&2
-        tail -20 "$RUN_DIR/keel.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
+        for f in "$RUN_DIR"/*.log; do
+            case $f in */broker.log|*/node?.log) ;; *) continue ;; esac
+            echo "---- broker log tail ($f) ----" >&2
+            tail -20 "$f" | sed 's/\x1b\[[0-9;]*m//g' >&2
+        done
         LRK_KEEP_DIR=1
         exit 1
     fi

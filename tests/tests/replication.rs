@@ -577,3 +577,105 @@ fn follower_with_a_damaged_segment_tail_recovers_and_catches_up() {
     let dump = TopicDump::read(&servers, topic, 1).unwrap();
     assert_eq!(dump.at.len(), values.len() + more.len());
 }
+
+/// A partition on brokers {1,2,3} is reassigned to {2,3,4} while an idempotent
+/// acks=all producer writes to it: the reassignment completes (broker 4 catches up and
+/// joins, broker 1 leaves and deletes its copy), and nothing acknowledged is lost or
+/// duplicated.
+#[test]
+fn reassignment_from_1_2_3_to_2_3_4_under_load_loses_nothing() {
+    let topic = "moving";
+    let roles = [Role::Combined, Role::Combined, Role::Combined, Role::Broker];
+    let mut c = Cluster::start(46, &roles, SERVER_ARGS).unwrap();
+    // Broker 4 is down while the topic is created, so its replicas land on 1, 2, 3.
+    c.kill9(4);
+    settle(&c, "broker 4 fenced", || {
+        c.cli(&[
+            "cluster",
+            "--controller",
+            &c.controller(1),
+            "status",
+            "--bootstrap-server",
+            &c.client(1),
+        ])
+        .ok()
+        .filter(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Broker: 4\t") && l.ends_with("State: fenced"))
+        })
+    });
+    c.create_topic(1, topic, 1, 3).unwrap();
+    let before = partition_state(&c, 1, topic, 0).unwrap();
+    let mut sorted = before.replicas.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![1, 2, 3], "{before:?}");
+    c.restart(4).unwrap();
+    c.node(4).wait_ready().unwrap();
+    wait_full_isr(&c, 1, topic, 1);
+
+    let work = tempfile::tempdir().unwrap();
+    let servers = bootstrap(&c);
+    let mut producer = Background::start(
+        work.path(),
+        "producer",
+        "acked_producer.py",
+        &[&servers, topic, "1", "idempotent"],
+    );
+    producer.wait_records(3_000);
+    let out = c
+        .cli(&[
+            "partitions",
+            "--bootstrap-server",
+            &c.client(2),
+            "reassign",
+            "--topic",
+            topic,
+            "--partition",
+            "0",
+            "--replicas",
+            "2,3,4",
+        ])
+        .unwrap();
+    assert!(out.contains("started"), "{out}");
+    let after = settle(&c, "the reassignment completes", || {
+        let listed = c
+            .cli(&[
+                "partitions",
+                "--bootstrap-server",
+                &c.client(2),
+                "list-reassignments",
+            ])
+            .ok()?;
+        let s = partition_state(&c, 2, topic, 0)?;
+        let mut replicas = s.replicas.clone();
+        replicas.sort_unstable();
+        let mut isr = s.isr.clone();
+        isr.sort_unstable();
+        (listed.trim().is_empty()
+            && replicas == vec![2, 3, 4]
+            && isr == vec![2, 3, 4]
+            && s.leader != 1)
+            .then_some(s)
+    });
+    eprintln!("reassigned: {before:?} -> {after:?}");
+    let acked = record_lines(&producer.out).len();
+    producer.wait_records(acked + 3_000);
+    producer.stop();
+    settle(&c, "broker 1 deletes its copy", || {
+        (!c.nodes[&1].data_dir.join(format!("{topic}-0")).exists()).then_some(())
+    });
+    let acked = record_lines(&producer.out);
+    let dump = TopicDump::read(&servers, topic, 1).unwrap();
+    eprintln!("{} acknowledged, {} stored", acked.len(), dump.at.len());
+    assert!(
+        !producer.stderr().contains("failed "),
+        "the producer failed deliveries:\n{}",
+        producer.stderr()
+    );
+    assert_no_problems(
+        "after the reassignment",
+        dump.check_acked_exactly_once(&acked),
+        &c,
+    );
+    wait_identical_replicas(&c, topic, &[2, 3, 4]);
+}

@@ -16,10 +16,12 @@ mod configs;
 mod liveness;
 mod partitions;
 mod placement;
+mod reassignments;
 mod sessions;
 mod topics;
 
 pub use liveness::fence_expired_brokers;
+pub use reassignments::preferred_leader_elections;
 pub use sessions::BrokerSession;
 pub use sessions::BrokerSessions;
 pub use topics::validate_topic_name;
@@ -52,6 +54,9 @@ pub const MAX_TOPIC_ID_ATTEMPTS: usize = 16;
 /// A broker that has not heartbeaten for this long is fenced (Kafka's
 /// `broker.session.timeout.ms`).
 pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: u64 = 9_000;
+/// How often the active controller moves leaderships back to preferred replicas (Kafka's
+/// `leader.imbalance.check.interval.seconds`, 300 s).
+pub const DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS: u64 = 300_000;
 
 /// The controller's tunables; `Default` gives Kafka's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +75,11 @@ pub struct ControllerConfig {
     pub register_brokers_unfenced: bool,
     /// How long a broker may go without a heartbeat before it is fenced.
     pub broker_session_timeout_ms: u64,
+    /// Whether the active controller periodically gives leaderships back to preferred
+    /// replicas (Kafka's `auto.leader.rebalance.enable`).
+    pub auto_leader_rebalance_enable: bool,
+    /// How often it does so.
+    pub leader_imbalance_check_interval_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -81,6 +91,8 @@ impl Default for ControllerConfig {
             max_partitions_per_request: DEFAULT_MAX_PARTITIONS_PER_REQUEST,
             register_brokers_unfenced: true,
             broker_session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -172,6 +184,20 @@ pub enum ControllerRequest {
         partition_epoch: i32,
         new_isr: Vec<i32>,
     },
+    /// Starts or replaces (`Some(target)`) or cancels (`None`) the reassignment of one
+    /// partition to the replica list `target` (Kafka's AlterPartitionReassignments).
+    AlterPartitionReassignments {
+        topic_id: Uuid,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    },
+    /// Elects the preferred leader of one partition, or with `unclean` any live replica of
+    /// a partition without a leader (Kafka's ElectLeaders).
+    ElectLeaders {
+        topic_id: Uuid,
+        partition: i32,
+        unclean: bool,
+    },
 }
 
 impl ControllerRequest {
@@ -188,6 +214,8 @@ impl ControllerRequest {
             ControllerRequest::BrokerHeartbeat { .. } => "BrokerHeartbeat",
             ControllerRequest::UnregisterBroker { .. } => "UnregisterBroker",
             ControllerRequest::AlterPartition { .. } => "AlterPartition",
+            ControllerRequest::AlterPartitionReassignments { .. } => "AlterPartitionReassignments",
+            ControllerRequest::ElectLeaders { .. } => "ElectLeaders",
         }
     }
 }
@@ -263,6 +291,9 @@ pub enum ControllerResponse {
     UnregisterBroker(Result<(), ControllerError>),
     /// The partition's state after the change (or as it is, if nothing changed).
     AlterPartition(Result<PartitionImage, ControllerError>),
+    AlterPartitionReassignments(Result<(), ControllerError>),
+    /// The partition's state after the election.
+    ElectLeaders(Result<PartitionImage, ControllerError>),
 }
 
 /// The answer to a broker heartbeat.
@@ -361,6 +392,18 @@ pub enum ControllerError {
     /// UNKNOWN_SERVER_ERROR), e.g. the uuid source kept returning ids in use.
     #[error("{0}")]
     Internal(String),
+    /// ElectLeaders where the wanted leader already leads (or, unclean, a leader exists).
+    #[error("Leader election not needed for topic partition.")]
+    ElectionNotNeeded,
+    /// Preferred ElectLeaders where the preferred replica is not an eligible ISR member.
+    #[error("The preferred leader was not available.")]
+    PreferredLeaderNotAvailable,
+    /// Unclean ElectLeaders where no replica is eligible to lead.
+    #[error("Eligible topic partition leaders are not available.")]
+    EligibleLeadersNotAvailable,
+    /// A reassignment cancel for a partition that is not being reassigned.
+    #[error("No partition reassignment is in progress.")]
+    NoReassignmentInProgress,
 }
 
 /// Handles one request against `image`: returns the records that carry it out (to be
@@ -500,6 +543,27 @@ pub fn handle(
             );
             (records, ControllerResponse::AlterPartition(result))
         }
+        ControllerRequest::AlterPartitionReassignments {
+            topic_id,
+            partition,
+            target,
+        } => {
+            let (records, result) =
+                reassignments::alter_reassignment(image, sessions, topic_id, partition, target);
+            (
+                records,
+                ControllerResponse::AlterPartitionReassignments(result),
+            )
+        }
+        ControllerRequest::ElectLeaders {
+            topic_id,
+            partition,
+            unclean,
+        } => {
+            let (records, result) =
+                reassignments::elect_leaders(image, sessions, topic_id, partition, unclean);
+            (records, ControllerResponse::ElectLeaders(result))
+        }
     }
 }
 
@@ -508,6 +572,9 @@ mod tests;
 
 #[cfg(test)]
 mod liveness_tests;
+
+#[cfg(test)]
+mod reassignment_tests;
 
 #[cfg(test)]
 mod simulation;

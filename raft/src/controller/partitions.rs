@@ -166,18 +166,41 @@ pub(super) fn alter_partition(
     match check_alter_partition(image, sessions, &req) {
         Err(e) => (Vec::new(), Err(e)),
         Ok(p) if p.isr == req.new_isr => (Vec::new(), Ok(p.clone())),
-        Ok(p) => {
-            let record = MetadataRecord::PartitionChange {
+        Ok(_) => {
+            let mut records = vec![MetadataRecord::PartitionChange {
                 topic_id: req.topic_id,
                 partition: req.partition,
                 leader: None,
                 isr: Some(req.new_isr.clone()),
                 replicas: None,
-            };
-            let mut after = p.clone();
-            after.isr = req.new_isr;
-            after.partition_epoch = after.partition_epoch.saturating_add(1);
-            (vec![record], Ok(after))
+            }];
+            let mut next = image.clone();
+            next.apply(&records[0]);
+            // An ISR that now holds every target replica finishes a reassignment.
+            let finish = super::reassignments::complete_if_done(
+                &next,
+                sessions,
+                req.topic_id,
+                req.partition,
+            );
+            for r in &finish {
+                next.apply(r);
+            }
+            records.extend(finish);
+            match next
+                .topics
+                .get(&req.topic_id)
+                .and_then(|t| t.partitions.get(&req.partition))
+            {
+                Some(after) => (records, Ok(after.clone())),
+                None => (
+                    Vec::new(),
+                    Err(ControllerError::Internal(format!(
+                        "partition {}-{} vanished while its ISR changed",
+                        req.topic_id, req.partition
+                    ))),
+                ),
+            }
         }
     }
 }

@@ -89,8 +89,8 @@ pub(crate) fn arb_record() -> impl Strategy<Value = MetadataRecord> {
                 }
             ),
         (
-            topic_id,
-            partition,
+            topic_id.clone(),
+            partition.clone(),
             prop::option::of(-1..4i32),
             prop::option::of(ids.clone()),
             prop::option::of(ids)
@@ -119,6 +119,18 @@ pub(crate) fn arb_record() -> impl Strategy<Value = MetadataRecord> {
         (name.clone(), any::<i16>())
             .prop_map(|(name, level)| MetadataRecord::FeatureLevel { name, level }),
         name.prop_map(|cluster_id| MetadataRecord::ClusterId { cluster_id }),
+        (
+            topic_id,
+            partition,
+            prop::option::of(prop::collection::vec(-1..5i32, 0..4))
+        )
+            .prop_map(|(topic_id, partition, target)| {
+                MetadataRecord::PartitionReassignment {
+                    topic_id,
+                    partition,
+                    target,
+                }
+            }),
     ]
 }
 

@@ -17,7 +17,10 @@
 //! id before anything else.
 //!
 //! Every [`CONTROLLER_TICK_INTERVAL_MS`] the task checks its leadership and, while active,
-//! fences brokers whose sessions expired ([`controller::fence_expired_brokers`]).
+//! fences brokers whose sessions expired ([`controller::fence_expired_brokers`]) and,
+//! every `leader_imbalance_check_interval_ms` when `auto_leader_rebalance_enable` is on,
+//! gives leaderships back to preferred replicas
+//! ([`controller::preferred_leader_elections`]).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -95,6 +98,9 @@ pub(crate) struct ControllerTask {
     /// Bumped by a waiter whose proposal failed; the speculative image is then stale.
     failures: Arc<AtomicU64>,
     failures_seen: u64,
+    /// When the last preferred-leader rebalance ran (`None`: not since this task started;
+    /// the first one then runs an interval later).
+    last_rebalance_ms: Option<i64>,
 }
 
 fn fatal_to_error(f: &Fatal<NodeId>) -> QuorumError {
@@ -161,6 +167,7 @@ impl ControllerTask {
             last_proposal: None,
             failures: Arc::new(AtomicU64::new(0)),
             failures_seen: 0,
+            last_rebalance_ms: None,
         }
     }
 
@@ -257,6 +264,43 @@ impl ControllerTask {
             if let Err(e) = self.propose(records, None).await {
                 tracing::warn!(error = %e, "could not propose the fencing of expired brokers");
             }
+        }
+        self.rebalance_leaders().await;
+    }
+
+    /// Moves leaderships back to preferred replicas once per
+    /// `leader_imbalance_check_interval_ms`, when the config enables it.
+    async fn rebalance_leaders(&mut self) {
+        if !self.config.auto_leader_rebalance_enable {
+            return;
+        }
+        let now = now_ms();
+        let interval_ms =
+            i64::try_from(self.config.leader_imbalance_check_interval_ms).unwrap_or(i64::MAX);
+        match self.last_rebalance_ms {
+            None => {
+                self.last_rebalance_ms = Some(now);
+                return;
+            }
+            Some(last) if now.saturating_sub(last) < interval_ms => return,
+            Some(_) => self.last_rebalance_ms = Some(now),
+        }
+        let Some(spec) = self.spec.as_ref() else {
+            return;
+        };
+        let records = {
+            let sessions = lock_sessions(&self.sessions);
+            controller::preferred_leader_elections(&spec.image, &sessions)
+        };
+        if records.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partitions = records.len(),
+            "moving leaderships back to preferred replicas"
+        );
+        if let Err(e) = self.propose(records, None).await {
+            tracing::warn!(error = %e, "could not propose the preferred leader elections");
         }
     }
 

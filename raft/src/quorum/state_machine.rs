@@ -17,6 +17,7 @@
 //! | `image/b/<broker id, 4 bytes>` | [`crate::BrokerImage`] |
 //! | `image/t/<topic id, 16 bytes>` | [`crate::TopicImage`] |
 //! | `image/c/<resource>` | [`codec::ConfigOverrides`] |
+//! | `image/r/<topic id, 16 bytes>` | [`codec::TopicReassignments`] |
 //!
 //! Snapshots are the encoded [`SnapshotPayload`] (image + applied id + membership), kept
 //! under `snapshot/data` with their meta under `snapshot/meta`.
@@ -80,6 +81,7 @@ const PREFIX_IMAGE_END: &[u8] = b"image0";
 const PREFIX_BROKER: &[u8] = b"image/b/";
 const PREFIX_TOPIC: &[u8] = b"image/t/";
 const PREFIX_CONFIG: &[u8] = b"image/c/";
+const PREFIX_REASSIGNMENTS: &[u8] = b"image/r/";
 const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
@@ -114,6 +116,11 @@ fn image_key(key: &ImageKey) -> Vec<u8> {
             }
             k
         }
+        ImageKey::Reassignments(id) => {
+            let mut k = PREFIX_REASSIGNMENTS.to_vec();
+            k.extend_from_slice(id.as_bytes());
+            k
+        }
     }
 }
 
@@ -134,6 +141,11 @@ fn put_image_part(
             .configs
             .get(resource)
             .map(|overrides| encode(&(resource.clone(), overrides.clone())))
+            .transpose()?,
+        ImageKey::Reassignments(id) => image
+            .reassignments_by_topic
+            .get(id)
+            .map(|by_partition| encode(&(*id, by_partition.clone())))
             .transpose()?,
     };
     match value {
@@ -157,6 +169,9 @@ fn put_whole_image(db: &DB, batch: &mut WriteBatch, image: &MetadataImage) -> Re
     for resource in image.configs.keys() {
         put_image_part(db, batch, image, &ImageKey::Config(resource.clone()))?;
     }
+    for id in image.reassignments_by_topic.keys() {
+        put_image_part(db, batch, image, &ImageKey::Reassignments(*id))?;
+    }
     Ok(())
 }
 
@@ -167,6 +182,7 @@ fn load_image(db: &DB) -> Result<MetadataImage, String> {
     let mut brokers = BTreeMap::new();
     let mut topics = BTreeMap::new();
     let mut configs = BTreeMap::new();
+    let mut reassignments = BTreeMap::new();
     for item in db.iterator_cf(sm, IteratorMode::From(PREFIX_IMAGE, Direction::Forward)) {
         let (key, value) = item.map_err(|e| format!("RocksDB read failed: {e}"))?;
         if !key.starts_with(PREFIX_IMAGE) {
@@ -185,16 +201,24 @@ fn load_image(db: &DB) -> Result<MetadataImage, String> {
             let (resource, overrides): codec::ConfigOverrides =
                 codec::decode(&value).map_err(describe)?;
             configs.insert(resource, overrides);
+        } else if key.starts_with(PREFIX_REASSIGNMENTS) {
+            let (topic_id, by_partition): codec::TopicReassignments =
+                codec::decode(&value).map_err(describe)?;
+            reassignments.insert(topic_id, by_partition);
         } else {
             return Err(format!("unexpected key {}", String::from_utf8_lossy(&key)));
         }
     }
     match header {
-        None if brokers.is_empty() && topics.is_empty() && configs.is_empty() => {
+        None if brokers.is_empty()
+            && topics.is_empty()
+            && configs.is_empty()
+            && reassignments.is_empty() =>
+        {
             Ok(MetadataImage::new())
         }
         None => Err("image parts are stored but the image header is missing".to_string()),
-        Some(header) => MetadataImage::from_parts(header, brokers, topics, configs),
+        Some(header) => MetadataImage::from_parts(header, brokers, topics, configs, reassignments),
     }
 }
 

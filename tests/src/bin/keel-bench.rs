@@ -107,6 +107,9 @@ struct ProduceArgs {
     /// Partitions to create the topic with, if it does not exist.
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replication factor to create the topic with, if it does not exist.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     /// acks: 0, 1 or all (-1).
     #[arg(long, default_value = "1")]
     acks: String,
@@ -208,14 +211,18 @@ impl Report {
 }
 
 /// Creates the topic unless it exists, then waits until every partition has a leader.
-fn ensure_topic(common: &Common, partitions: i32) -> anyhow::Result<()> {
+fn ensure_topic(common: &Common, partitions: i32, replication_factor: i32) -> anyhow::Result<()> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &common.bootstrap_server);
     let admin: AdminClient<DefaultClientContext> = config.create().context("admin client")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let topic = NewTopic::new(&common.topic, partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(
+        &common.topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(TOPIC_READY_TIMEOUT));
     let results = runtime.block_on(admin.create_topics([&topic], &opts))?;
     for r in results {
@@ -285,7 +292,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         "all" | "-1" => "all".to_string(),
         other => bail!("--acks {other}: expected 0, 1 or all"),
     };
-    ensure_topic(common, args.partitions)?;
+    ensure_topic(common, args.partitions, args.replication_factor)?;
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &common.bootstrap_server)
