@@ -46,6 +46,9 @@ fn quorum_config(config: &BrokerConfig, cluster_id: Option<String>) -> QuorumCon
             default_replication_factor: config.default_replication_factor,
             register_brokers_unfenced: single_node,
             broker_session_timeout_ms: config.broker_session_timeout.as_millis() as u64,
+            auto_leader_rebalance_enable: config.auto_leader_rebalance,
+            leader_imbalance_check_interval_ms: config.leader_imbalance_check_interval.as_millis()
+                as u64,
             ..ControllerConfig::default()
         },
         election_timeout_min_ms: config.election_timeout_ms,

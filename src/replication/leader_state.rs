@@ -346,6 +346,17 @@ mod tests {
     }
 
     #[test]
+    fn no_isr_change_is_proposed_again_before_the_retry_time() {
+        let mut s = state(&[1, 2], 1);
+        s.on_follower_fetch(3, 100, 100, 1_000);
+        assert_eq!(s.isr_change(100, 1_000), Some(vec![1, 2, 3]));
+        // The controller refused it (broker 3 fenced): back off.
+        s.isr_retry_after_ms = 1_500;
+        assert_eq!(s.isr_change(100, 1_499), None, "within the backoff");
+        assert_eq!(s.isr_change(100, 1_500), Some(vec![1, 2, 3]), "after it");
+    }
+
+    #[test]
     fn a_follower_that_keeps_pace_with_a_busy_leader_stays_in_sync() {
         let mut s = state(&[1, 2], 1);
         // The leader grows by 100 between fetches; the follower always asks for what

@@ -679,3 +679,49 @@ fn reassignment_from_1_2_3_to_2_3_4_under_load_loses_nothing() {
     );
     wait_identical_replicas(&c, topic, &[2, 3, 4]);
 }
+
+/// Leadership moves back to the preferred replica: by `keel partitions elect-leaders`
+/// with the automatic rebalance off, and by the active controller on its own with it on.
+#[test]
+fn leadership_returns_to_the_preferred_replica() {
+    let topic = "preferred";
+    let mut args: Vec<&str> = SERVER_ARGS.to_vec();
+    args.extend(["--set", "leader.imbalance.check.interval.seconds=1"]);
+    let mut c = Cluster::start(47, &combined(3), &args).unwrap();
+    c.create_topic(1, topic, 1, 3).unwrap();
+    wait_full_isr(&c, 1, topic, 1);
+    let first = partition_state(&c, 1, topic, 0).unwrap();
+    let preferred = first.replicas[0];
+    assert_eq!(
+        first.leader as u64, preferred,
+        "a new partition starts on its preferred replica"
+    );
+    let via = c
+        .broker_ids()
+        .into_iter()
+        .find(|id| *id != preferred)
+        .unwrap();
+    c.kill9(preferred);
+    settle(&c, "leadership leaves the killed preferred replica", || {
+        partition_state(&c, via, topic, 0).filter(|s| s.leader > 0 && s.leader as u64 != preferred)
+    });
+    c.restart(preferred).unwrap();
+    c.node(preferred).wait_ready().unwrap();
+    let back = settle(&c, "the automatic rebalance gives leadership back", || {
+        partition_state(&c, via, topic, 0)
+            .filter(|s| s.leader as u64 == preferred && s.isr.len() == 3)
+    });
+    assert!(back.epoch > first.epoch + 1, "{first:?} -> {back:?}");
+    // An explicit election when the preferred replica already leads is not needed.
+    let out = c
+        .cli(&[
+            "partitions",
+            "--bootstrap-server",
+            &c.client(via),
+            "elect-leaders",
+            "--topic",
+            topic,
+        ])
+        .unwrap();
+    assert!(out.contains("ElectionNotNeeded"), "{out}");
+}
