@@ -26,7 +26,7 @@ NODE_IPS = ["127.0.0.92", "127.0.0.93", "127.0.0.94"]
 CLIENT_PORT = 19192
 CONTROLLER_PORT = 19193
 START_TIMEOUT_S = 60
-STEP_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 300
 PARTITIONS = 6
 LINGER_MS = 5
 BATCH_SIZE = 1_000_000
@@ -55,7 +55,7 @@ class Cluster:
                 [keel, "server", "--node-id", str(i + 1), "--roles", "broker,controller",
                  "--listen", f"{ip}:{CLIENT_PORT}", "--controller-listen", f"{ip}:{CONTROLLER_PORT}",
                  "--controller-quorum-voters", voters, "--data-dir", os.path.join(node, "data"),
-                 "--set", f"log.flush.policy={policy}", "--set", "min.insync.replicas=2"],
+                 "--set", f"log.flush.policy={policy}"],
                 stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL, env=env))
         deadline = time.time() + START_TIMEOUT_S
         for ip in NODE_IPS:
