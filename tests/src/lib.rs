@@ -2,6 +2,7 @@
 //! (kcat, confluent-kafka for Python) against them as subprocesses, and read the
 //! results back. Nothing here reaches into the broker's memory.
 
+pub mod checker;
 pub mod clients;
 pub mod cluster;
 pub mod latency;
