@@ -2,13 +2,12 @@
 //! acks=all, restart it, and every acknowledged record is readable at its
 //! acknowledged offset. Topics and configs survive restarts from the metadata store.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_tests::clients::{python, python_script, run};
 use keel_tests::node::keel_binary;
+use keel_tests::records::{record_lines, TopicDump};
 use keel_tests::KeelNode;
 
 const PARTITIONS: usize = 3;
@@ -29,28 +28,9 @@ fn keel_cli(node: &KeelNode, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Counts acknowledgement lines the producer has printed so far.
-fn acked_lines(path: &std::path::Path) -> Vec<(i32, i64, String)> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return vec![];
-    };
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| {
-            let mut it = l.split(' ');
-            Some((
-                it.next()?.parse().ok()?,
-                it.next()?.parse().ok()?,
-                it.next()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
 fn wait_for_acks(path: &std::path::Path, at_least: usize, producer: &mut Child) {
     let deadline = Instant::now() + WAIT_FOR_ACKS;
-    while acked_lines(path).len() < at_least {
+    while record_lines(path).len() < at_least {
         assert!(
             producer.try_wait().unwrap().is_none(),
             "producer exited early"
@@ -58,7 +38,7 @@ fn wait_for_acks(path: &std::path::Path, at_least: usize, producer: &mut Child) 
         assert!(
             Instant::now() < deadline,
             "only {} acks after {WAIT_FOR_ACKS:?}",
-            acked_lines(path).len()
+            record_lines(path).len()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -103,25 +83,9 @@ fn acked_writes_survive_kill_9_of_the_broker() {
     let _ = producer.kill();
     let _ = producer.wait();
 
-    let acked = acked_lines(&acks_path);
-    let out = run(
-        Command::new(python().unwrap())
-            .arg(python_script("dump_partitions.py"))
-            .args([&node.addr, topic, &PARTITIONS.to_string()]),
-        Duration::from_secs(180),
-    )
-    .unwrap();
-    let mut stored: HashMap<(i32, i64), String> = HashMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let key = (v["p"].as_i64().unwrap() as i32, v["o"].as_i64().unwrap());
-        assert!(
-            stored
-                .insert(key, v["v"].as_str().unwrap().to_string())
-                .is_none(),
-            "offset {key:?} read twice"
-        );
-    }
+    let acked = record_lines(&acks_path);
+    // Fails if an offset is read twice.
+    let stored = TopicDump::read(&node.addr, topic, PARTITIONS).unwrap().at;
     let lost: Vec<_> = acked
         .iter()
         .filter(|(p, o, v)| stored.get(&(*p, *o)) != Some(v))

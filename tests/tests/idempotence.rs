@@ -4,7 +4,6 @@
 //! broker has rebuilt its producer state from the log.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -18,7 +17,8 @@ use kafka_protocol::messages::{
 };
 use keel::cli::client::KafkaClient;
 use keel_storage::testing::BatchBuilder;
-use keel_tests::clients::{block_on, python, python_script, run};
+use keel_tests::clients::{block_on, python, python_script};
+use keel_tests::records::{record_lines, TopicDump};
 use keel_tests::KeelNode;
 
 const PARTITIONS: usize = 3;
@@ -30,7 +30,6 @@ const ACKS_BETWEEN_KILLS: usize = 2_000;
 const WAIT_FOR_ACKS: Duration = Duration::from_secs(120);
 /// How long the producer streams before each SIGKILL.
 const STREAMING_BEFORE_KILL: Duration = Duration::from_millis(300);
-const DUMP_TIMEOUT: Duration = Duration::from_secs(180);
 /// ListOffsets timestamp meaning "the log end offset".
 const LATEST_TIMESTAMP: i64 = -1;
 const PRODUCE_VERSION: i16 = 9;
@@ -40,28 +39,9 @@ const RECORDS_PER_BATCH: usize = 5;
 /// What the broker logs when it answers a retried batch with its original offset.
 const DUPLICATE_LOG_LINE: &str = "duplicate idempotent batch answered with its original offset";
 
-/// `<partition> <offset> <value>` lines printed by `acked_producer.py`.
-fn acked_lines(path: &Path) -> Vec<(i32, i64, String)> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return vec![];
-    };
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| {
-            let mut it = l.split(' ');
-            Some((
-                it.next()?.parse().ok()?,
-                it.next()?.parse().ok()?,
-                it.next()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
 fn wait_for_acks(path: &Path, at_least: usize, producer: &mut Child, stderr: &Path) {
     let deadline = Instant::now() + WAIT_FOR_ACKS;
-    while acked_lines(path).len() < at_least {
+    while record_lines(path).len() < at_least {
         assert!(
             producer.try_wait().unwrap().is_none(),
             "producer exited early: {}",
@@ -70,7 +50,7 @@ fn wait_for_acks(path: &Path, at_least: usize, producer: &mut Child, stderr: &Pa
         assert!(
             Instant::now() < deadline,
             "only {} acks after {WAIT_FOR_ACKS:?}; producer stderr:\n{}",
-            acked_lines(path).len(),
+            record_lines(path).len(),
             std::fs::read_to_string(stderr).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -109,7 +89,7 @@ fn idempotent_producer_writes_each_record_once_across_broker_kill_9() {
     while kills < KILL_ROUNDS || (kills < MAX_KILL_ROUNDS && retried_batches() == 0) {
         // After a restart the producer first flushes what it queued while the broker
         // was down; kill only once it streams again, so requests are in flight.
-        let acked = acked_lines(&acks_path).len();
+        let acked = record_lines(&acks_path).len();
         wait_for_acks(
             &acks_path,
             acked + ACKS_BETWEEN_KILLS,
@@ -122,7 +102,7 @@ fn idempotent_producer_writes_each_record_once_across_broker_kill_9() {
         node.restart().unwrap();
         kills += 1;
     }
-    let acked = acked_lines(&acks_path).len();
+    let acked = record_lines(&acks_path).len();
     wait_for_acks(
         &acks_path,
         acked + ACKS_BETWEEN_KILLS,
@@ -132,25 +112,12 @@ fn idempotent_producer_writes_each_record_once_across_broker_kill_9() {
     let _ = producer.kill();
     let _ = producer.wait();
 
-    let acked = acked_lines(&acks_path);
-    let out = run(
-        Command::new(python().unwrap())
-            .arg(python_script("dump_partitions.py"))
-            .args([&node.addr, topic, &PARTITIONS.to_string()]),
-        DUMP_TIMEOUT,
-    )
-    .unwrap();
-    let mut stored: HashMap<(i32, i64), String> = HashMap::new();
-    let mut where_is: HashMap<String, (i32, i64)> = HashMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let at = (v["p"].as_i64().unwrap() as i32, v["o"].as_i64().unwrap());
-        let value = v["v"].as_str().unwrap().to_string();
-        assert!(
-            stored.insert(at, value.clone()).is_none(),
-            "offset {at:?} read twice"
-        );
-        if let Some(first) = where_is.insert(value.clone(), at) {
+    let acked = record_lines(&acks_path);
+    // Fails if an offset is read twice.
+    let stored = TopicDump::read(&node.addr, topic, PARTITIONS).unwrap().at;
+    let mut where_is: HashMap<&str, (i32, i64)> = HashMap::new();
+    for (at, value) in &stored {
+        if let Some(first) = where_is.insert(value, *at) {
             panic!("{value} is in the log twice: at {first:?} and at {at:?}");
         }
     }
