@@ -12,6 +12,9 @@ use tokio::sync::watch;
 use crate::api::fetch_session::FetchSessionCache;
 use crate::cluster::heartbeat::Session;
 use crate::config::BrokerConfig;
+use crate::group::offsets_topic::OffsetsTopicSpec;
+use crate::group::state::GroupLimits;
+use crate::group::{CoordinatorConfig, GroupCoordinator};
 use crate::replication::ReplicaManager;
 use crate::txn::producer_ids::ProducerIdAllocator;
 
@@ -40,6 +43,8 @@ pub struct Broker {
     pub producer_ids: ProducerIdAllocator,
     /// This broker's session with the controller.
     pub session: Session,
+    /// The consumer group coordinator.
+    pub groups: Arc<GroupCoordinator>,
     broker_epoch: AtomicI64,
     shutdown: watch::Sender<bool>,
 }
@@ -54,6 +59,7 @@ impl Broker {
     ) -> Arc<Self> {
         let image = quorum.image();
         let slots = config.fetch_session_cache_slots;
+        let groups = GroupCoordinator::new(coordinator_config(&config), replicas.clone());
         Arc::new(Broker {
             config,
             cluster_id,
@@ -63,9 +69,20 @@ impl Broker {
             fetch_sessions: FetchSessionCache::new(slots),
             producer_ids: ProducerIdAllocator::default(),
             session: Session::default(),
+            groups,
             broker_epoch: AtomicI64::new(-1),
             shutdown: watch::Sender::new(false),
         })
+    }
+
+    /// How `__consumer_offsets` is created.
+    pub fn offsets_topic_spec(&self) -> OffsetsTopicSpec {
+        let g = &self.config.groups;
+        OffsetsTopicSpec {
+            partitions: g.offsets_topic_num_partitions,
+            replication_factor: g.offsets_topic_replication_factor,
+            segment_bytes: g.offsets_topic_segment_bytes,
+        }
     }
 
     /// The latest committed metadata image.
@@ -139,5 +156,23 @@ impl Broker {
     /// Tells every connection and task to stop.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+fn coordinator_config(config: &BrokerConfig) -> CoordinatorConfig {
+    let g = &config.groups;
+    CoordinatorConfig {
+        node_id: config.node_id,
+        limits: GroupLimits {
+            min_session_timeout_ms: g.min_session_timeout_ms,
+            max_session_timeout_ms: g.max_session_timeout_ms,
+            initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
+            max_size: g.max_size,
+        },
+        offsets_partitions: g.offsets_topic_num_partitions,
+        commit_timeout: g.offsets_commit_timeout,
+        retention_ms: g.offsets_retention_ms,
+        retention_check_interval: g.offsets_retention_check_interval,
+        load_buffer_bytes: g.offsets_load_buffer_bytes,
     }
 }

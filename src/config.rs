@@ -11,12 +11,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keel_storage::{LogConfig, TimestampType};
+use keel_storage::{CleanupPolicy, LogConfig, TimestampType};
 
 /// Default address clients connect to.
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:9092";
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Smallest `log.cleaner.dedupe.buffer.size` accepted: 1 MiB (Kafka's floor too).
+pub const MIN_DEDUPE_BUFFER_BYTES: i64 = 1 << 20;
 
 /// How appended data is made durable before it is acknowledged and exposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +78,29 @@ pub const BROKER_KEYS: &[BrokerKey] = &[
     BrokerKey { name: "log.message.timestamp.type", default: "CreateTime", doc: "Default message.timestamp.type of topics." },
     BrokerKey { name: "min.insync.replicas", default: "1", doc: "Default min.insync.replicas of topics." },
     BrokerKey { name: "log.retention.check.interval.ms", default: "300000", doc: "How often retention and time-based rolls run." },
+    BrokerKey { name: "log.cleaner.enable", default: "true", doc: "Run the log cleaner, which compacts topics with cleanup.policy=compact." },
+    BrokerKey { name: "log.cleaner.backoff.ms", default: "15000", doc: "How long the cleaner sleeps when no log needs compacting." },
+    BrokerKey { name: "log.cleaner.dedupe.buffer.size", default: "134217728", doc: "Bytes of keys and offsets one compaction may map; a larger dirty section is compacted in several passes." },
+    BrokerKey { name: "log.cleaner.min.cleanable.ratio", default: "0.5", doc: "Default min.cleanable.dirty.ratio of topics." },
+    BrokerKey { name: "log.cleaner.delete.retention.ms", default: "86400000", doc: "Default delete.retention.ms of topics." },
+    BrokerKey { name: "log.cleaner.min.compaction.lag.ms", default: "0", doc: "Default min.compaction.lag.ms of topics." },
+    BrokerKey { name: "log.cleaner.max.compaction.lag.ms", default: "9223372036854775807", doc: "Default max.compaction.lag.ms of topics." },
     BrokerKey { name: "log.flush.policy", default: "always", doc: "always: acknowledge acks=all and advance the high watermark only over fsynced bytes (group commit); interval: Kafka's behaviour." },
     BrokerKey { name: "log.flush.interval.ms", default: "1000", doc: "With log.flush.policy=interval, how often dirty logs are fsynced." },
     BrokerKey { name: "log.flush.offset.checkpoint.interval.ms", default: "60000", doc: "How often recovery points are written." },
     BrokerKey { name: "producer.id.expiration.ms", default: "86400000", doc: "Idempotent producer state idle longer than this is dropped." },
+    BrokerKey { name: "offsets.topic.num.partitions", default: "50", doc: "Partitions of __consumer_offsets, fixed when it is created." },
+    BrokerKey { name: "offsets.topic.replication.factor", default: "3", doc: "Replication factor of __consumer_offsets (capped at the brokers there are when it is created)." },
+    BrokerKey { name: "offsets.topic.segment.bytes", default: "104857600", doc: "segment.bytes of __consumer_offsets." },
+    BrokerKey { name: "offsets.commit.timeout.ms", default: "5000", doc: "How long an offset commit (or group metadata write) waits to be replicated before it fails with REQUEST_TIMED_OUT." },
+    BrokerKey { name: "offsets.retention.minutes", default: "10080", doc: "Committed offsets of an empty group (or, without group management, since their commit) are kept this long." },
+    BrokerKey { name: "offsets.retention.check.interval.ms", default: "600000", doc: "How often expired offsets are looked for." },
+    BrokerKey { name: "offsets.load.buffer.size", default: "5242880", doc: "Bytes read at a time when loading an offsets partition." },
+    BrokerKey { name: "offset.metadata.max.bytes", default: "4096", doc: "Longest metadata string an offset commit may carry." },
+    BrokerKey { name: "group.min.session.timeout.ms", default: "6000", doc: "Shortest session timeout a group member may ask for." },
+    BrokerKey { name: "group.max.session.timeout.ms", default: "1800000", doc: "Longest session timeout a group member may ask for." },
+    BrokerKey { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "How long the first rebalance of an empty group waits for more members to join." },
+    BrokerKey { name: "group.max.size", default: "2147483647", doc: "Most members a group may have." },
     BrokerKey { name: "request.timeout.max.ms", default: "300000", doc: "Upper bound on the time a request waits (acks=all, long polls)." },
 ];
 
@@ -144,14 +165,26 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     pub recovery_point_checkpoint_interval: Duration,
     pub request_timeout_max: Duration,
+    /// `log.cleaner.enable`.
+    pub cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`.
+    pub cleaner_backoff: Duration,
+    /// `log.cleaner.dedupe.buffer.size`.
+    pub cleaner_dedupe_buffer_bytes: usize,
     /// Topic defaults derived from the `log.*` keys.
     pub log_defaults: LogConfig,
     pub min_insync_replicas: i32,
     pub cleanup_policy: String,
+    /// Consumer group and offsets settings.
+    pub groups: GroupSettings,
     /// Every key with its effective value, as text, for DescribeConfigs.
     pub raw: BTreeMap<String, String>,
     /// The keys set explicitly (file or `--set`), for DescribeConfigs' source field.
     pub explicit: BTreeMap<String, String>,
+    /// Test only (`keel server --test-volatile-writes`): partition log writes stay in
+    /// process memory until fsynced (`keel_storage::fs::VolatileFs`), so SIGKILL loses
+    /// what a power loss would. Never a config key: no operator should set it.
+    pub test_volatile_writes: bool,
 }
 
 impl BrokerConfig {
@@ -232,6 +265,32 @@ impl BrokerConfig {
             retention_bytes: parse_ranged(&raw, "log.retention.bytes", -1, i64::MAX)?,
             max_message_bytes: parse_ranged(&raw, "message.max.bytes", 0, i32::MAX as i64)? as u32,
             message_timestamp_type: timestamp_type,
+            cleanup_policy: CleanupPolicy::parse(&get("log.cleanup.policy")).ok_or_else(|| {
+                invalid(
+                    "log.cleanup.policy",
+                    &get("log.cleanup.policy"),
+                    "expected a list of `delete` and `compact`",
+                )
+            })?,
+            delete_retention_ms: parse_ranged(
+                &raw,
+                "log.cleaner.delete.retention.ms",
+                0,
+                i64::MAX,
+            )?,
+            min_cleanable_dirty_ratio: parse_ratio(&raw, "log.cleaner.min.cleanable.ratio")?,
+            min_compaction_lag_ms: parse_ranged(
+                &raw,
+                "log.cleaner.min.compaction.lag.ms",
+                0,
+                i64::MAX,
+            )?,
+            max_compaction_lag_ms: parse_ranged(
+                &raw,
+                "log.cleaner.max.compaction.lag.ms",
+                1,
+                i64::MAX,
+            )?,
             ..LogConfig::default()
         };
         let cleanup_policy = get("log.cleanup.policy");
@@ -331,12 +390,22 @@ impl BrokerConfig {
                 i64::MAX,
             )?),
             request_timeout_max: ms(parse_ranged(&raw, "request.timeout.max.ms", 1, i64::MAX)?),
+            cleaner_enable: parse_bool(&raw, "log.cleaner.enable")?,
+            cleaner_backoff: ms(parse_ranged(&raw, "log.cleaner.backoff.ms", 1, i64::MAX)?),
+            cleaner_dedupe_buffer_bytes: parse_ranged(
+                &raw,
+                "log.cleaner.dedupe.buffer.size",
+                MIN_DEDUPE_BUFFER_BYTES,
+                i64::MAX,
+            )? as usize,
             log_defaults,
             min_insync_replicas: parse_ranged(&raw, "min.insync.replicas", 1, i32::MAX as i64)?
                 as i32,
             cleanup_policy,
+            groups: parse_groups(&raw)?,
             raw,
             explicit,
+            test_volatile_writes: false,
         })
     }
 
@@ -350,6 +419,74 @@ impl BrokerConfig {
     pub fn topic_default(&self, broker_synonym: &str) -> Option<&str> {
         self.raw.get(broker_synonym).map(String::as_str)
     }
+}
+
+/// Consumer group and `__consumer_offsets` settings (the `group.*` and `offsets.*` keys).
+#[derive(Clone, Debug)]
+pub struct GroupSettings {
+    pub offsets_topic_num_partitions: i32,
+    pub offsets_topic_replication_factor: i16,
+    pub offsets_topic_segment_bytes: i64,
+    pub offsets_commit_timeout: Duration,
+    pub offsets_retention_ms: i64,
+    pub offsets_retention_check_interval: Duration,
+    pub offsets_load_buffer_bytes: usize,
+    pub offset_metadata_max_bytes: usize,
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    pub initial_rebalance_delay_ms: i32,
+    pub max_size: usize,
+}
+
+fn parse_groups(raw: &BTreeMap<String, String>) -> Result<GroupSettings, ConfigError> {
+    let int_max = i32::MAX as i64;
+    let min_session = parse_ranged(raw, "group.min.session.timeout.ms", 1, int_max)? as i32;
+    let max_session = parse_ranged(raw, "group.max.session.timeout.ms", 1, int_max)? as i32;
+    if max_session < min_session {
+        return Err(invalid(
+            "group.max.session.timeout.ms",
+            &max_session.to_string(),
+            "must be at least group.min.session.timeout.ms",
+        ));
+    }
+    Ok(GroupSettings {
+        offsets_topic_num_partitions: parse_ranged(raw, "offsets.topic.num.partitions", 1, 100_000)?
+            as i32,
+        offsets_topic_replication_factor: parse_ranged(
+            raw,
+            "offsets.topic.replication.factor",
+            1,
+            i16::MAX as i64,
+        )? as i16,
+        offsets_topic_segment_bytes: parse_ranged(
+            raw,
+            "offsets.topic.segment.bytes",
+            1024,
+            int_max,
+        )?,
+        offsets_commit_timeout: ms(parse_ranged(raw, "offsets.commit.timeout.ms", 1, int_max)?),
+        offsets_retention_ms: parse_ranged(raw, "offsets.retention.minutes", 1, int_max)?
+            .saturating_mul(60_000),
+        offsets_retention_check_interval: ms(parse_ranged(
+            raw,
+            "offsets.retention.check.interval.ms",
+            1,
+            i64::MAX,
+        )?),
+        offsets_load_buffer_bytes: parse_ranged(raw, "offsets.load.buffer.size", 1024, int_max)?
+            as usize,
+        offset_metadata_max_bytes: parse_ranged(raw, "offset.metadata.max.bytes", 0, int_max)?
+            as usize,
+        min_session_timeout_ms: min_session,
+        max_session_timeout_ms: max_session,
+        initial_rebalance_delay_ms: parse_ranged(
+            raw,
+            "group.initial.rebalance.delay.ms",
+            0,
+            int_max,
+        )? as i32,
+        max_size: parse_ranged(raw, "group.max.size", 1, int_max)? as usize,
+    })
 }
 
 struct ClusterSettings {
@@ -497,6 +634,15 @@ fn parse_ranged(
     Ok(v)
 }
 
+/// A fraction in `[0, 1]`.
+fn parse_ratio(raw: &BTreeMap<String, String>, key: &str) -> Result<f64, ConfigError> {
+    let text = raw.get(key).map(String::as_str).unwrap_or("");
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(invalid(key, text, "expected a number between 0 and 1")),
+    }
+}
+
 fn parse_bool(raw: &BTreeMap<String, String>, key: &str) -> Result<bool, ConfigError> {
     let text = raw.get(key).map(String::as_str).unwrap_or("");
     match text {
@@ -585,6 +731,42 @@ mod tests {
         let c = build(&["log.segment.bytes=1048576"]).unwrap();
         assert_eq!(c.log_defaults.segment_bytes, 1048576);
         assert!(c.explicit.contains_key("log.segment.bytes"));
+    }
+
+    #[test]
+    fn cleaner_keys_have_kafkas_defaults_and_reach_the_topic_defaults() {
+        let c = build(&[]).unwrap();
+        assert!(c.cleaner_enable);
+        assert_eq!(c.cleaner_backoff, Duration::from_millis(15_000));
+        assert_eq!(c.cleaner_dedupe_buffer_bytes, 128 << 20);
+        assert_eq!(c.log_defaults.cleanup_policy, CleanupPolicy::DELETE);
+        assert_eq!(c.log_defaults.delete_retention_ms, 86_400_000);
+        assert_eq!(c.log_defaults.min_cleanable_dirty_ratio, 0.5);
+        assert_eq!(c.log_defaults.max_compaction_lag_ms, i64::MAX);
+        let c = build(&[
+            "log.cleanup.policy=compact,delete",
+            "log.cleaner.min.cleanable.ratio=0.01",
+            "log.cleaner.backoff.ms=200",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.log_defaults.cleanup_policy,
+            CleanupPolicy {
+                delete: true,
+                compact: true
+            }
+        );
+        assert_eq!(c.log_defaults.min_cleanable_dirty_ratio, 0.01);
+        assert_eq!(c.cleaner_backoff, Duration::from_millis(200));
+        for bad in [
+            "log.cleanup.policy=shred",
+            "log.cleaner.min.cleanable.ratio=1.5",
+            "log.cleaner.dedupe.buffer.size=10",
+        ] {
+            let key = bad.split('=').next().unwrap();
+            let err = build(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

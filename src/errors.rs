@@ -11,6 +11,8 @@ use keel_raft::quorum::QuorumError;
 use keel_storage::batch::BatchError;
 use keel_storage::{AppendError, LogError, ReadError};
 
+use crate::group::GroupError;
+
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_CHARS: usize = 249;
 
@@ -123,6 +125,39 @@ pub fn quorum_error(e: &QuorumError) -> (ResponseError, String) {
         }
     };
     (code, e.to_string())
+}
+
+/// A group coordinator refusal. Write failures map as Kafka maps them for offset
+/// commits: not enough replicas → COORDINATOR_NOT_AVAILABLE, lost leadership →
+/// NOT_COORDINATOR (both make the client look the coordinator up again and retry).
+pub fn group_error(e: &GroupError) -> ResponseError {
+    match e {
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::NotCoordinator => ResponseError::NotCoordinator,
+        GroupError::LoadInProgress => ResponseError::CoordinatorLoadInProgress,
+        GroupError::CoordinatorNotAvailable(_) => ResponseError::CoordinatorNotAvailable,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::UnknownMemberId(_) => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration { .. } => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::InconsistentGroupProtocol(_) => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+        GroupError::GroupMaxSizeReached(_) => ResponseError::GroupMaxSizeReached,
+        GroupError::FencedInstanceId { .. } => ResponseError::FencedInstanceId,
+        GroupError::GroupIdNotFound(_) => ResponseError::GroupIdNotFound,
+        GroupError::NonEmptyGroup(_) => ResponseError::NonEmptyGroup,
+        GroupError::GroupSubscribedToTopic(_) => ResponseError::GroupSubscribedToTopic,
+        GroupError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
+        GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        GroupError::Timeout => ResponseError::RequestTimedOut,
+        GroupError::CommitTooLarge(_) => ResponseError::InvalidCommitOffsetSize,
+        GroupError::InvalidRequest(_) => ResponseError::InvalidRequest,
+    }
+}
+
+/// The code of an optional group error (0 for none).
+pub fn group_error_code(e: Option<&GroupError>) -> i16 {
+    e.map_or(0, |e| group_error(e).code())
 }
 
 /// Checks a client's `current_leader_epoch` (-1: no check) against the partition's.

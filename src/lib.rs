@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod group;
 pub mod protocol;
 pub mod replication;
 pub mod server;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use keel::cli::cluster::{self, ClusterCommand};
+use keel::cli::groups::{self, GroupsCommand, ResetTo};
 use keel::cli::partitions::{self, PartitionsCommand};
 use keel::cli::topics::{self, TopicsCommand};
 use keel::config::{BrokerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN_ADDR};
@@ -35,6 +36,58 @@ enum Command {
     Cluster(ClusterArgs),
     /// Move partition replicas between brokers and elect leaders.
     Partitions(PartitionsArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Groups(GroupsArgs),
+}
+
+#[derive(Args)]
+struct GroupsArgs {
+    /// A broker of the cluster.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN_ADDR, global = true)]
+    bootstrap_server: String,
+    #[command(subcommand)]
+    action: GroupsAction,
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    /// List every group with its state.
+    List,
+    /// Show a group's state, members, and per partition its offset, log end and lag.
+    Describe {
+        #[arg(long)]
+        group: String,
+    },
+    /// Delete an empty group and its committed offsets.
+    Delete {
+        #[arg(long)]
+        group: String,
+    },
+    /// Move an inactive group's committed offsets (prints the plan; --execute commits it).
+    ResetOffsets {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Partitions, comma-separated (all of the topic's by default).
+        #[arg(long, value_name = "P,P,…")]
+        partitions: Option<String>,
+        /// To each partition's first offset.
+        #[arg(long, group = "target")]
+        to_earliest: bool,
+        /// To each partition's log end.
+        #[arg(long, group = "target")]
+        to_latest: bool,
+        /// To this offset (clamped into the log).
+        #[arg(long, group = "target", value_name = "OFFSET")]
+        to_offset: Option<i64>,
+        /// By this many records from the committed offset (negative: back).
+        #[arg(long, group = "target", value_name = "N", allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Commit the offsets (without it, only print them).
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(Args)]
@@ -139,6 +192,10 @@ struct ServerArgs {
     /// The controller voters, id@host:port,… (controller.quorum.voters).
     #[arg(long, value_name = "ID@HOST:PORT,…")]
     controller_quorum_voters: Option<String>,
+    /// Test only: keep partition log writes in memory until fsynced, so that SIGKILL
+    /// loses exactly the unsynced bytes, as a power loss would (the fault harness).
+    #[arg(long, hide = true)]
+    test_volatile_writes: bool,
 }
 
 #[derive(Args)]
@@ -215,6 +272,33 @@ fn parse_advertise(text: &str) -> Result<(String, u16), String> {
     ))
 }
 
+fn reset_target(
+    earliest: bool,
+    latest: bool,
+    offset: Option<i64>,
+    shift: Option<i64>,
+) -> anyhow::Result<ResetTo> {
+    match (earliest, latest, offset, shift) {
+        (true, _, _, _) => Ok(ResetTo::Earliest),
+        (_, true, _, _) => Ok(ResetTo::Latest),
+        (_, _, Some(o), _) => Ok(ResetTo::Offset(o)),
+        (_, _, _, Some(d)) => Ok(ResetTo::ShiftBy(d)),
+        _ => Err(anyhow::Error::msg(
+            "reset-offsets needs one of --to-earliest, --to-latest, --to-offset N, --shift-by N",
+        )),
+    }
+}
+
+fn parse_partitions(list: &str) -> anyhow::Result<Vec<i32>> {
+    list.split(',')
+        .map(|p| {
+            p.trim().parse::<i32>().map_err(|_| {
+                anyhow::Error::msg(format!("--partitions: {p:?} is not a partition number"))
+            })
+        })
+        .collect()
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
@@ -241,14 +325,16 @@ fn server_config(args: ServerArgs) -> Result<BrokerConfig, String> {
     if let Some(voters) = args.controller_quorum_voters {
         sets.push(format!("controller.quorum.voters={voters}"));
     }
-    BrokerConfig::build(
+    let mut config = BrokerConfig::build(
         args.config.as_deref(),
         &sets,
         args.data_dir,
         listen,
         advertise,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    config.test_volatile_writes = args.test_volatile_writes;
+    Ok(config)
 }
 
 fn main() -> ExitCode {
@@ -330,6 +416,33 @@ fn main() -> ExitCode {
                 }),
             };
             cmd.and_then(|cmd| runtime.block_on(partitions::run(&args.bootstrap_server, cmd)))
+        }
+        Command::Groups(args) => {
+            let cmd = match args.action {
+                GroupsAction::List => Ok(GroupsCommand::List),
+                GroupsAction::Describe { group } => Ok(GroupsCommand::Describe { group }),
+                GroupsAction::Delete { group } => Ok(GroupsCommand::Delete { group }),
+                GroupsAction::ResetOffsets {
+                    group,
+                    topic,
+                    partitions,
+                    to_earliest,
+                    to_latest,
+                    to_offset,
+                    shift_by,
+                    execute,
+                } => reset_target(to_earliest, to_latest, to_offset, shift_by).and_then(|to| {
+                    let partitions = partitions.as_deref().map(parse_partitions).transpose()?;
+                    Ok(GroupsCommand::ResetOffsets {
+                        group,
+                        topic,
+                        partitions,
+                        to,
+                        execute,
+                    })
+                }),
+            };
+            cmd.and_then(|cmd| runtime.block_on(groups::run(&args.bootstrap_server, cmd)))
         }
         Command::Cluster(args) => match args.controller {
             None => Err(anyhow::Error::msg(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use keel_raft::controller::ControllerConfig;
 use keel_raft::quorum::{MetadataQuorum, QuorumConfig};
-use keel_storage::fs::StdFs;
+use keel_storage::fs::{Filesystem, StdFs, VolatileFs};
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
@@ -115,7 +115,13 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    let replicas = ReplicaManager::new(config.clone(), Arc::new(StdFs), quorum.image());
+    let fs: Arc<dyn Filesystem> = if config.test_volatile_writes {
+        tracing::warn!("test mode: partition log writes are kept in memory until fsynced");
+        Arc::new(VolatileFs::new())
+    } else {
+        Arc::new(StdFs)
+    };
+    let replicas = ReplicaManager::new(config.clone(), fs, quorum.image());
     let image = quorum.image().borrow().clone();
     tokio::task::block_in_place(|| replicas.apply(&image))?;
     replicas.remove_orphan_dirs();
@@ -125,6 +131,12 @@ pub async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         tokio::spawn(replication::isr::run(broker.clone(), proposals));
     }
     tokio::spawn(follow_image(broker.clone()));
+    tokio::spawn(
+        broker
+            .groups
+            .clone()
+            .run(broker.quorum.image(), broker.shutdown_signal()),
+    );
     let epoch = register_until_accepted(&broker).await?;
     tracing::info!(broker_epoch = epoch, "registered with the controller");
     if let Err(e) = heartbeat::beat(&broker).await {

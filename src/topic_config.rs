@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use keel_raft::image::MetadataImage;
 use keel_raft::records::ConfigResource;
 use keel_raft::topic_config::{ConfigDef, TOPIC_CONFIGS};
-use keel_storage::{LogConfig, TimestampType};
+use keel_storage::{CleanupPolicy, LogConfig, TimestampType};
 
 use crate::config::BrokerConfig;
 
@@ -140,6 +140,18 @@ pub fn log_config(config: &BrokerConfig, image: &MetadataImage, topic: &str) -> 
             Some("CreateTime") => TimestampType::CreateTime,
             _ => d.message_timestamp_type,
         },
+        cleanup_policy: values
+            .get("cleanup.policy")
+            .and_then(|v| CleanupPolicy::parse(v))
+            .unwrap_or(d.cleanup_policy),
+        delete_retention_ms: int("delete.retention.ms", d.delete_retention_ms).max(0),
+        min_cleanable_dirty_ratio: values
+            .get("min.cleanable.dirty.ratio")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|r| (0.0..=1.0).contains(r))
+            .unwrap_or(d.min_cleanable_dirty_ratio),
+        min_compaction_lag_ms: int("min.compaction.lag.ms", d.min_compaction_lag_ms).max(0),
+        max_compaction_lag_ms: int("max.compaction.lag.ms", d.max_compaction_lag_ms).max(1),
         ..d.clone()
     }
 }

@@ -7,6 +7,9 @@
 #   bash tests/run.sh            the default suite (CI runs exactly this)
 #   bash tests/run.sh --bench    instead: the benchmark (tests/bench/run.sh, arguments
 #                                after --bench go to it; see docs/PERFORMANCE.md)
+#   bash tests/run.sh --faults-long [SEED…]
+#                                instead: the long fault-injection runs (10 minutes per
+#                                nemesis and seed, hours in all; tests/faults/run.sh)
 #
 # Builds go to $CARGO_TARGET_DIR (default ./target); keep it between runs, a cold
 # build compiles RocksDB from source (12-25 minutes on 2 cores).
@@ -72,6 +75,14 @@ if [ "${1:-}" = --bench ]; then
     exec bash tests/bench/run.sh "$@"
 fi
 
+if [ "${1:-}" = --faults-long ]; then
+    shift
+    install_apt_packages
+    log "building keel and keel-faults (release)"
+    cargo build --release -p keel --bin keel -p keel-tests --bin keel-faults
+    exec bash tests/faults/run.sh --long "$@"
+fi
+
 install_apt_packages
 install_python_clients
 install_node_clients
@@ -85,4 +96,7 @@ cargo test --release --workspace -- --test-threads=2
 
 log "running librdkafka's own test suite against keel"
 bash tests/librdkafka/run.sh
+
+log "running the fault-injection runs (keel-faults, 60 s per nemesis and one mixed)"
+bash tests/faults/run.sh
 log "all tests passed"

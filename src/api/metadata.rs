@@ -15,9 +15,10 @@ use kafka_protocol::ResponseError;
 use keel_raft::controller::{ControllerRequest, NewTopic};
 use keel_raft::image::{MetadataImage, TopicImage};
 
-use super::{respond, sb, Pending};
+use super::{find_coordinator, respond, sb, Pending};
 use crate::broker::Broker;
 use crate::errors;
+use crate::group::OFFSETS_TOPIC;
 use crate::protocol::RequestContext;
 
 /// Versions served.
@@ -111,7 +112,16 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: MetadataRequest) ->
     })
 }
 
-async fn auto_create(broker: &Broker, names: Vec<String>) {
+async fn auto_create(broker: &Broker, mut names: Vec<String>) {
+    if let Some(i) = names.iter().position(|n| n == OFFSETS_TOPIC) {
+        // Created as the coordinator creates it: compacted, with its own partition
+        // count and replication factor.
+        names.remove(i);
+        find_coordinator::ensure_offsets_topic(broker).await;
+    }
+    if names.is_empty() {
+        return;
+    }
     let topics = names
         .into_iter()
         .map(|name| NewTopic {

@@ -3,19 +3,30 @@
 
 pub mod api_versions;
 pub mod configs;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod describe_cluster;
+pub mod describe_groups;
 pub mod describe_quorum;
 pub mod elect_leaders;
 pub mod fetch;
 pub mod fetch_session;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod produce_legacy;
 pub mod reassignments;
+pub mod sync_group;
 pub mod topics;
 
 use std::future::Future;

@@ -27,6 +27,7 @@ use keel_storage::LeaderAppend;
 use super::{encode, produce_legacy, sb, Pending, Reply};
 use crate::broker::Broker;
 use crate::errors;
+use crate::group::OFFSETS_TOPIC;
 use crate::protocol::RequestContext;
 use crate::replication::manager::now_ms;
 use crate::replication::partition::AckOutcome;
@@ -69,6 +70,15 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 |resp: PartitionProduceResponse, e: ResponseError| resp.with_error_code(e.code());
             if ![ACKS_ALL, ACKS_NONE, ACKS_LEADER].contains(&acks) {
                 partitions.push(fail(resp, ResponseError::InvalidRequiredAcks));
+                continue;
+            }
+            if name == OFFSETS_TOPIC {
+                // Only the group coordinator writes the offsets topic (Kafka refuses
+                // clients the same way).
+                partitions.push(
+                    fail(resp, ResponseError::InvalidTopicException)
+                        .with_error_message(Some(sb("internal topic"))),
+                );
                 continue;
             }
             let meta = image
@@ -141,7 +151,13 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 }
                 Err(e) => {
                     let (code, message) = errors::append_error(&e);
-                    tracing::debug!(topic = %name, partition = data.index, "produce rejected: {e}");
+                    if e.is_producer_state_violation() {
+                        // Rare and decisive for idempotent clients (librdkafka bumps its
+                        // epoch on an out-of-order answer): always worth a line.
+                        tracing::info!(topic = %name, partition = data.index, "produce rejected: {e}");
+                    } else {
+                        tracing::debug!(topic = %name, partition = data.index, "produce rejected: {e}");
+                    }
                     resp = resp
                         .with_error_code(code.code())
                         .with_error_message(Some(sb(message)));
@@ -184,6 +200,11 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 } => ResponseError::RequestTimedOut,
             };
             let resp = &mut responses[w.topic].partition_responses[w.partition];
+            tracing::debug!(
+                partition = resp.index,
+                end_offset = w.end_offset,
+                "appended but not acknowledged: {error:?}"
+            );
             resp.error_code = error.code();
         }
         reply(&ctx, ProduceResponse::default().with_responses(responses))

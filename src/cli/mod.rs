@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod cluster;
+pub mod groups;
 pub mod partitions;
 pub mod topics;

@@ -262,7 +262,7 @@ pub(crate) async fn partition_ids(
     Ok(t.partitions.iter().map(|p| p.partition_index).collect())
 }
 
-async fn metadata(
+pub(crate) async fn metadata(
     client: &mut KafkaClient,
     topic: Option<&str>,
 ) -> anyhow::Result<MetadataResponse> {

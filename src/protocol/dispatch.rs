@@ -92,6 +92,28 @@ pub enum Body {
     AlterPartitionReassignments(m::AlterPartitionReassignmentsRequest),
     /// ListPartitionReassignments (46).
     ListPartitionReassignments(m::ListPartitionReassignmentsRequest),
+    /// OffsetCommit (8).
+    OffsetCommit(m::OffsetCommitRequest),
+    /// OffsetFetch (9).
+    OffsetFetch(m::OffsetFetchRequest),
+    /// FindCoordinator (10).
+    FindCoordinator(m::FindCoordinatorRequest),
+    /// JoinGroup (11).
+    JoinGroup(m::JoinGroupRequest),
+    /// Heartbeat (12).
+    Heartbeat(m::HeartbeatRequest),
+    /// LeaveGroup (13).
+    LeaveGroup(m::LeaveGroupRequest),
+    /// SyncGroup (14).
+    SyncGroup(m::SyncGroupRequest),
+    /// DescribeGroups (15).
+    DescribeGroups(m::DescribeGroupsRequest),
+    /// ListGroups (16).
+    ListGroups(m::ListGroupsRequest),
+    /// DeleteGroups (42).
+    DeleteGroups(m::DeleteGroupsRequest),
+    /// OffsetDelete (47).
+    OffsetDelete(m::OffsetDeleteRequest),
 }
 
 /// What a frame asks for.
@@ -193,6 +215,17 @@ pub fn decode_request(frame: Bytes) -> Result<Decoded, DispatchError> {
         ApiKey::ElectLeaders => decode!(ElectLeaders),
         ApiKey::AlterPartitionReassignments => decode!(AlterPartitionReassignments),
         ApiKey::ListPartitionReassignments => decode!(ListPartitionReassignments),
+        ApiKey::OffsetCommit => decode!(OffsetCommit),
+        ApiKey::OffsetFetch => decode!(OffsetFetch),
+        ApiKey::FindCoordinator => decode!(FindCoordinator),
+        ApiKey::JoinGroup => decode!(JoinGroup),
+        ApiKey::Heartbeat => decode!(Heartbeat),
+        ApiKey::LeaveGroup => decode!(LeaveGroup),
+        ApiKey::SyncGroup => decode!(SyncGroup),
+        ApiKey::DescribeGroups => decode!(DescribeGroups),
+        ApiKey::ListGroups => decode!(ListGroups),
+        ApiKey::DeleteGroups => decode!(DeleteGroups),
+        ApiKey::OffsetDelete => decode!(OffsetDelete),
         other => return Err(DispatchError::UnsupportedApi(other)),
     };
     Ok(Decoded::Request {
@@ -273,6 +306,17 @@ pub fn dispatch(
         Body::ElectLeaders(r) => api::elect_leaders::handle(b, ctx, r),
         Body::AlterPartitionReassignments(r) => api::reassignments::alter(b, ctx, r),
         Body::ListPartitionReassignments(r) => api::reassignments::list(b, ctx, r),
+        Body::OffsetCommit(r) => api::offset_commit::handle(b, ctx, r),
+        Body::OffsetFetch(r) => api::offset_fetch::handle(b, ctx, r),
+        Body::FindCoordinator(r) => api::find_coordinator::handle(b, ctx, r),
+        Body::JoinGroup(r) => api::join_group::handle(b, ctx, r),
+        Body::Heartbeat(r) => api::heartbeat::handle(b, ctx, r),
+        Body::LeaveGroup(r) => api::leave_group::handle(b, ctx, r),
+        Body::SyncGroup(r) => api::sync_group::handle(b, ctx, r),
+        Body::DescribeGroups(r) => api::describe_groups::handle(b, ctx, r),
+        Body::ListGroups(r) => api::list_groups::handle(b, ctx, r),
+        Body::DeleteGroups(r) => api::delete_groups::handle(b, ctx, r),
+        Body::OffsetDelete(r) => api::offset_delete::handle(b, ctx, r),
     };
     drop(_entered);
     Ok(Box::pin(pending.instrument(span)))
@@ -394,6 +438,56 @@ mod tests {
             ApiKey::ListPartitionReassignments => {
                 enc!(m::ListPartitionReassignmentsRequest::default())
             }
+            ApiKey::OffsetCommit => enc!(m::OffsetCommitRequest::default().with_topics(vec![
+                kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic::default(
+                )
+                .with_name(name("orders"))
+                .with_partitions(vec![Default::default(); 2])
+            ])),
+            ApiKey::OffsetFetch => enc!(if version >= 8 {
+                m::OffsetFetchRequest::default().with_groups(vec![
+                    kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_topics(Some(vec![Default::default(); 2]));
+                    2
+                ])
+            } else {
+                m::OffsetFetchRequest::default().with_topics(Some(vec![
+                    kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_partition_indexes(vec![0, 1]);
+                    2
+                ]))
+            }),
+            ApiKey::FindCoordinator => enc!(if version >= 4 {
+                m::FindCoordinatorRequest::default()
+                    .with_coordinator_keys(vec![StrBytes::from_static_str("g"); 2])
+            } else {
+                m::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))
+            }),
+            ApiKey::JoinGroup => enc!(m::JoinGroupRequest::default()
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![Default::default(); 2])),
+            ApiKey::Heartbeat => enc!(m::HeartbeatRequest::default()),
+            ApiKey::LeaveGroup => enc!(if version >= 3 {
+                m::LeaveGroupRequest::default().with_members(vec![Default::default(); 2])
+            } else {
+                m::LeaveGroupRequest::default()
+            }),
+            ApiKey::SyncGroup => {
+                enc!(m::SyncGroupRequest::default().with_assignments(vec![Default::default(); 2]))
+            }
+            ApiKey::DescribeGroups => {
+                enc!(m::DescribeGroupsRequest::default().with_groups(vec![Default::default(); 2]))
+            }
+            ApiKey::ListGroups => enc!(m::ListGroupsRequest::default()),
+            ApiKey::DeleteGroups => {
+                enc!(m::DeleteGroupsRequest::default()
+                    .with_groups_names(vec![Default::default(); 2]))
+            }
+            ApiKey::OffsetDelete => enc!(m::OffsetDeleteRequest::default().with_topics(vec![
+                kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestTopic::default(
+                )
+                .with_partitions(vec![Default::default(); 2])
+            ])),
             other => panic!("no sample for {other:?}"),
         }
         b
@@ -481,8 +575,8 @@ mod tests {
             Err(DispatchError::UnknownApiKey(0x7f00))
         ));
         assert!(matches!(
-            decode_request(frame(ApiKey::JoinGroup, 0, &[])),
-            Err(DispatchError::UnsupportedApi(ApiKey::JoinGroup))
+            decode_request(frame(ApiKey::AddPartitionsToTxn, 0, &[])),
+            Err(DispatchError::UnsupportedApi(ApiKey::AddPartitionsToTxn))
         ));
         assert!(matches!(
             decode_request(frame(ApiKey::Metadata, 13, &[])),

@@ -38,6 +38,16 @@ pub const REPLICA_FETCH_VERSION: i16 = 12;
 pub const REPLICA_EPOCH_VERSION: i16 = 4;
 /// How long an idle fetcher sleeps before looking for work again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long a leader may take to answer one request beyond the fetch's own wait; a
+/// fetcher that hears nothing for that long drops the connection and starts over, so
+/// a lost or stuck answer cannot keep a replica out of the ISR forever.
+const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A leader that did not answer within [`REPLICA_RPC_TIMEOUT`] (logged louder than the
+/// usual failures of a leader that went away).
+#[derive(Debug, thiserror::Error)]
+#[error("no {0} answer from the leader within {1:?}")]
+struct Unanswered(&'static str, Duration);
 
 type Key = (Uuid, i32);
 
@@ -205,14 +215,22 @@ async fn run(shared: Arc<Shared>, leader: i32, ctx: Context) {
         let to_truncate: Vec<_> = ready.iter().filter(|r| r.3).cloned().collect();
         if !to_truncate.is_empty() {
             if let Err(e) = truncate(conn, &shared, &ctx, &to_truncate).await {
-                tracing::debug!(leader, "truncation round failed: {e:#}");
+                if e.is::<Unanswered>() {
+                    tracing::warn!(leader, "truncation round failed: {e:#}");
+                } else {
+                    tracing::debug!(leader, "truncation round failed: {e:#}");
+                }
                 client = None;
                 tokio::time::sleep(ctx.backoff).await;
             }
             continue;
         }
         if let Err(e) = fetch_once(conn, &shared, &ctx, &ready).await {
-            tracing::debug!(leader, "replica fetch failed: {e:#}");
+            if e.is::<Unanswered>() {
+                tracing::warn!(leader, "replica fetch failed: {e:#}");
+            } else {
+                tracing::debug!(leader, "replica fetch failed: {e:#}");
+            }
             client = None;
             tokio::time::sleep(ctx.backoff).await;
         }
@@ -264,7 +282,9 @@ async fn truncate(
                 })
                 .collect(),
         );
-    let resp = conn.call(&req, REPLICA_EPOCH_VERSION).await?;
+    let resp = tokio::time::timeout(REPLICA_RPC_TIMEOUT, conn.call(&req, REPLICA_EPOCH_VERSION))
+        .await
+        .map_err(|_| Unanswered("OffsetForLeaderEpoch", REPLICA_RPC_TIMEOUT))??;
     for (key, p, epoch) in asked {
         let answer = resp
             .topics
@@ -294,14 +314,19 @@ async fn truncate(
                 f_epoch == answer.leader_epoch,
             )
         };
-        if target < local_end {
-            if let Err(e) = p.truncate_to(target) {
-                tracing::error!(topic = %p.topic, partition = p.index, "truncation failed: {e}");
-                set_target(shared, key, epoch, |t| {
-                    t.backoff_until = Some(Instant::now() + ctx.backoff)
-                });
-                continue;
-            }
+        // Also when nothing is to be cut: an epoch this broker assigned at its log
+        // end as a short-lived leader must go (found by keel-faults: a replica
+        // out of the ISR for good after kill -9).
+        // Blocking file work (truncation fsyncs the log, the directory and the epoch
+        // checkpoint): off the async workers, so a slow disk cannot stall the node
+        // (found by keel-faults: a broker silent for 12 s, its Raft heartbeats included,
+        // inside one truncation).
+        if let Err(e) = tokio::task::block_in_place(|| p.truncate_to(epoch, target)) {
+            tracing::error!(topic = %p.topic, partition = p.index, "truncation failed: {e}");
+            set_target(shared, key, epoch, |t| {
+                t.backoff_until = Some(Instant::now() + ctx.backoff)
+            });
+            continue;
         }
         set_target(shared, key, epoch, |t| t.needs_truncation = !done);
     }
@@ -346,7 +371,10 @@ async fn fetch_once(
                 })
                 .collect(),
         );
-    let resp = conn.call(&req, REPLICA_FETCH_VERSION).await?;
+    let wait = REPLICA_RPC_TIMEOUT + Duration::from_millis(ctx.max_wait_ms.max(0) as u64);
+    let resp = tokio::time::timeout(wait, conn.call(&req, REPLICA_FETCH_VERSION))
+        .await
+        .map_err(|_| Unanswered("Fetch", wait))??;
     if resp.error_code != 0 {
         anyhow::bail!("fetch refused with error code {}", resp.error_code);
     }
@@ -370,7 +398,9 @@ async fn fetch_once(
             Some(ResponseError::OffsetOutOfRange) => {
                 if data.log_start_offset > p.log_end_offset() {
                     tracing::info!(topic = %p.topic, partition = p.index, start = data.log_start_offset, "leader's log starts past ours; starting over there");
-                    if let Err(e) = p.truncate_fully_and_start_at(data.log_start_offset) {
+                    if let Err(e) = tokio::task::block_in_place(|| {
+                        p.truncate_fully_and_start_at(*epoch, data.log_start_offset)
+                    }) {
                         tracing::error!(topic = %p.topic, partition = p.index, "cannot restart the log: {e}");
                         backoff();
                     }
@@ -409,18 +439,20 @@ async fn fetch_once(
         if data.log_start_offset > p.log_start_offset()
             && data.log_start_offset <= p.log_end_offset()
         {
-            if let Err(e) = p.delete_records_before(data.log_start_offset) {
+            if let Err(e) =
+                tokio::task::block_in_place(|| p.delete_records_before(data.log_start_offset))
+            {
                 tracing::warn!(topic = %p.topic, partition = p.index, "cannot follow the leader's log start: {e}");
             }
         }
-        appended.push((p.clone(), data.high_watermark));
+        appended.push((p.clone(), *epoch, data.high_watermark));
     }
     if ctx.policy == FlushPolicy::Always {
         // Durable before the next fetch reports the new offsets to the leader.
-        futures::future::join_all(appended.iter().map(|(p, _)| p.flush_now())).await;
+        futures::future::join_all(appended.iter().map(|(p, _, _)| p.flush_now())).await;
     }
-    for (p, hw) in appended {
-        p.update_follower_high_watermark(hw);
+    for (p, epoch, hw) in appended {
+        p.update_follower_high_watermark(epoch, hw);
     }
     Ok(())
 }

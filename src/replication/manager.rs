@@ -22,6 +22,7 @@ use keel_storage::{checkpoint, Log, LogError};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use super::cleaner;
 use super::fetcher::FetcherManager;
 use super::log_dir::{self, RECOVERY_POINT_CHECKPOINT_FILE, REPLICATION_OFFSET_CHECKPOINT_FILE};
 use super::partition::{IsrProposal, Partition, ReplicaSettings};
@@ -388,8 +389,13 @@ impl ReplicaManager {
         }
     }
 
-    /// Periodic work: retention, time-based rolls, recovery point checkpoints.
+    /// Periodic work: retention, time-based rolls, recovery point checkpoints; and, if
+    /// `log.cleaner.enable`, the log cleaner task alongside.
     pub async fn run_housekeeping(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.config.cleaner_enable {
+            let settings = cleaner::CleanerSettings::from_config(&self.config);
+            tokio::spawn(cleaner::run(self.clone(), settings, shutdown.clone()));
+        }
         let mut retention = tokio::time::interval(self.config.retention_check_interval);
         let mut checkpoint = tokio::time::interval(self.config.recovery_point_checkpoint_interval);
         let mut isr_check = tokio::time::interval(

@@ -1,6 +1,7 @@
 //! The data plane on this broker: which partition replicas it hosts (decided only by
-//! the metadata image), their logs, high watermarks and flushers.
+//! the metadata image), their logs, high watermarks, flushers and the log cleaner.
 
+pub mod cleaner;
 pub mod fetcher;
 pub mod isr;
 pub mod leader_state;

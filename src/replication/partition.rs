@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use keel_storage::{AppendError, AppendInfo, LeaderAppend, Log, LogConfig, ReadError, ReadPlan};
+use keel_storage::{
+    AppendError, AppendInfo, CleanerLimits, CompactionPlan, CompactionResult, CompactionStats,
+    LeaderAppend, Log, LogConfig, LogError, ReadError, ReadPlan,
+};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
@@ -206,7 +209,24 @@ impl Partition {
         self.repl().leader.clone()
     }
 
+    /// The newest leader epoch this replica knows of, if `epoch` is older than it.
+    ///
+    /// Leader epochs only grow, so a role in an older epoch comes from an image older
+    /// than what this replica has seen: a broker replaying its metadata log after a
+    /// restart passes through every image since its last applied one. Taking such a
+    /// role would be wrong twice over: it could make this broker lead (or follow) a
+    /// partition in an epoch that is over, and a leader records its epoch's start in
+    /// the epoch cache, where an old epoch at today's log end erases every later entry
+    /// (the cache then no longer describes the log's batches, and truncation against it
+    /// goes astray). The newest known epoch is the current role's, or the latest epoch
+    /// any batch of the log carries (after a restart the role is not known yet).
+    fn stale(&self, epoch: i32, role: Role) -> Option<i32> {
+        let known = role.epoch().max(self.log().latest_epoch().unwrap_or(-1));
+        (epoch < known).then_some(known)
+    }
+
     /// Becomes (or stays) leader in `epoch` with the committed `replicas` and `isr`.
+    /// A role in an epoch older than one this replica already knows is ignored.
     /// A new leadership records its epoch's start offset in the epoch cache, so a
     /// follower asking about an older epoch learns where it ended.
     pub fn become_leader(
@@ -218,6 +238,10 @@ impl Partition {
         now_ms: i64,
     ) {
         let mut repl = self.repl_mut();
+        if let Some(known) = self.stale(epoch, repl.role) {
+            tracing::debug!(topic = %self.topic, partition = self.index, epoch, known, "ignoring leadership in a stale epoch");
+            return;
+        }
         if let (Role::Leader { epoch: current }, Some(state)) = (repl.role, repl.leader.as_mut()) {
             if current == epoch {
                 state.apply_committed(partition_epoch, replicas, isr, now_ms);
@@ -248,25 +272,32 @@ impl Partition {
             self.high_watermark(),
             now_ms,
         ));
+        // Bumped before the new role is visible to appends: a produce that appended in
+        // this leadership must not take this change for the loss of it.
+        self.generation.send_modify(|g| *g += 1);
         drop(repl);
         tracing::info!(topic = %self.topic, partition = self.index, epoch, "became leader");
-        self.generation.send_modify(|g| *g += 1);
         self.recompute_high_watermark();
     }
 
     /// Becomes (or stays) a follower of `leader` in `epoch`. Returns whether anything
-    /// changed (the fetcher must then truncate before fetching).
+    /// changed (the fetcher must then truncate before fetching). A role in an epoch
+    /// older than one this replica already knows is ignored.
     pub fn become_follower(&self, leader: i32, epoch: i32) -> bool {
         let mut repl = self.repl_mut();
+        if let Some(known) = self.stale(epoch, repl.role) {
+            tracing::debug!(topic = %self.topic, partition = self.index, leader, epoch, known, "ignoring a role in a stale epoch");
+            return false;
+        }
         let role = Role::Follower { leader, epoch };
         if repl.role == role {
             return false;
         }
         repl.role = role;
         repl.leader = None;
+        self.generation.send_modify(|g| *g += 1);
         drop(repl);
         tracing::info!(topic = %self.topic, partition = self.index, leader, epoch, "became follower");
-        self.generation.send_modify(|g| *g += 1);
         self.changed.notify_waiters();
         true
     }
@@ -387,11 +418,16 @@ impl Partition {
     ///
     /// # Errors
     /// I/O errors from the log.
-    pub fn truncate_to(&self, offset: i64) -> Result<(), keel_storage::LogError> {
-        let _repl = self.repl();
+    pub fn truncate_to(&self, epoch: i32, offset: i64) -> Result<(), LogError> {
+        let repl = self.repl();
+        if !Self::follows_in(&repl, epoch) {
+            return Ok(());
+        }
         let mut log = self.log();
         if offset >= log.log_end_offset() {
-            return Ok(());
+            // Nothing to cut but maybe an epoch assigned at the log end (see
+            // `Log::truncate_to`).
+            return log.truncate_to(offset);
         }
         tracing::info!(
             topic = %self.topic,
@@ -410,8 +446,11 @@ impl Partition {
     ///
     /// # Errors
     /// I/O errors from the log.
-    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), keel_storage::LogError> {
-        let _repl = self.repl();
+    pub fn truncate_fully_and_start_at(&self, epoch: i32, offset: i64) -> Result<(), LogError> {
+        let repl = self.repl();
+        if !Self::follows_in(&repl, epoch) {
+            return Ok(());
+        }
         let mut log = self.log();
         log.truncate_fully_and_start_at(offset)?;
         self.after_truncation(&log);
@@ -438,8 +477,22 @@ impl Partition {
         self.log().end_offset_for_epoch(epoch)
     }
 
-    /// A follower's high watermark: the leader's, capped at the local log end.
-    pub fn update_follower_high_watermark(&self, leader_high_watermark: i64) {
+    /// Whether this replica follows in `epoch` (what the fetcher's work was for).
+    fn follows_in(repl: &Replication, epoch: i32) -> bool {
+        matches!(repl.role, Role::Follower { epoch: e, .. } if e == epoch)
+    }
+
+    /// A follower's high watermark: the leader's (of `epoch`), capped at the local log
+    /// end. Ignored unless this replica still follows in `epoch`: a fetch answered
+    /// after this broker became leader (found by keel-faults: a delayed answer of the
+    /// old, partitioned leader) must not set the leader's high watermark, which would
+    /// then go down and hide acknowledged records from consumers.
+    pub fn update_follower_high_watermark(&self, epoch: i32, leader_high_watermark: i64) {
+        let repl = self.repl();
+        if !Self::follows_in(&repl, epoch) {
+            tracing::info!(topic = %self.topic, partition = self.index, epoch, high_watermark = leader_high_watermark, "ignoring a fetched high watermark: no longer following in that epoch");
+            return;
+        }
         let hw = leader_high_watermark.min(self.log_end_offset());
         let moved = self.high_watermark.send_if_modified(|cur| {
             let moved = *cur != hw;
@@ -506,10 +559,15 @@ impl Partition {
     /// Recomputes the leader's high watermark and wakes whoever waits on it.
     pub fn recompute_high_watermark(&self) {
         let own = self.acknowledgeable_offset();
+        // The leader's own value, not only a move of it: the published high watermark
+        // must never stay below what the leader state has computed.
         let moved = {
             let mut repl = self.repl_mut();
             match repl.leader.as_mut() {
-                Some(state) => state.update_high_watermark(own),
+                Some(state) => {
+                    state.update_high_watermark(own);
+                    Some(state.high_watermark).filter(|hw| *hw > self.high_watermark())
+                }
                 None => None,
             }
         };
@@ -612,7 +670,7 @@ impl Partition {
     ///
     /// # Errors
     /// Offsets beyond the log end, and I/O errors.
-    pub fn delete_records_before(&self, offset: i64) -> Result<i64, keel_storage::LogError> {
+    pub fn delete_records_before(&self, offset: i64) -> Result<i64, LogError> {
         let mut log = self.log();
         let start = log.delete_records_before(offset)?;
         self.log_start_offset.store(start, Ordering::Release);
@@ -645,6 +703,40 @@ impl Partition {
         drop(log);
         self.changed.notify_waiters();
         self.dirty.notify_one();
+    }
+
+    /// Whether the topic's cleanup.policy includes `compact`.
+    pub fn is_compacted(&self) -> bool {
+        self.log().config().cleanup_policy.compact
+    }
+
+    /// Plans a compaction of this replica's log if one is due, never touching offsets
+    /// at or past the high watermark (the leader's, or on a follower the leader's capped
+    /// at its log end). Each replica compacts its own log.
+    ///
+    /// # Errors
+    /// I/O errors reading batch headers.
+    pub fn compaction_plan(
+        &self,
+        now_ms: i64,
+        limits: &CleanerLimits,
+    ) -> Result<Option<CompactionPlan>, LogError> {
+        let hw = self.high_watermark();
+        self.log().compaction_plan(now_ms, hw, limits)
+    }
+
+    /// Installs an executed compaction and wakes the flusher, which makes the swapped
+    /// directory entries durable.
+    ///
+    /// # Errors
+    /// The compaction's own error, or I/O errors installing it.
+    pub fn compaction_completed(
+        &self,
+        result: CompactionResult,
+    ) -> Result<Option<CompactionStats>, LogError> {
+        let installed = self.log().compaction_completed(result);
+        self.dirty.notify_one();
+        installed
     }
 
     /// Whether `stop` was called.
@@ -731,4 +823,132 @@ fn fatal_fsync(topic: &str, partition: i32, error: &str) -> ! {
     );
     eprintln!("keel: fatal: fsync of {topic}-{partition} failed: {error}");
     std::process::exit(EXIT_STATUS_FSYNC_FAILED);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use keel_storage::fs::{FaultyFs, Filesystem};
+    use keel_storage::testing::BatchBuilder;
+
+    use super::*;
+
+    const NODE: i32 = 1;
+
+    fn open(fs: &Arc<FaultyFs>) -> Arc<Partition> {
+        let fs: Arc<dyn Filesystem> = fs.clone();
+        let (log, _) =
+            Log::open(fs, Path::new("/data/t-0"), LogConfig::default(), 0, 0).expect("open");
+        Partition::new(
+            "t".into(),
+            Uuid::nil(),
+            0,
+            log,
+            0,
+            ReplicaSettings {
+                node_id: NODE,
+                policy: FlushPolicy::Always,
+                lag_time_max_ms: 10_000,
+                min_insync_replicas: 1,
+            },
+        )
+    }
+
+    fn epochs(p: &Partition) -> Vec<(i32, i64)> {
+        p.log()
+            .epoch_entries()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect()
+    }
+
+    #[test]
+    fn a_fetch_answer_of_an_older_epoch_leaves_a_new_leaders_high_watermark_alone() {
+        let fs = Arc::new(FaultyFs::new());
+        let p = open(&fs);
+        assert!(p.become_follower(2, 3));
+        let batch = BatchBuilder::new(10, 10)
+            .base_offset(0)
+            .leader_epoch(3)
+            .build();
+        p.append_as_follower(3, &batch, 0)
+            .expect("follower")
+            .expect("append");
+        p.update_follower_high_watermark(3, 10);
+        assert_eq!(p.high_watermark(), 10);
+        p.become_leader(4, 2, vec![NODE, 2], vec![NODE, 2], 0);
+        // The old leader's answer to a fetch sent before the leadership change.
+        p.update_follower_high_watermark(3, 4);
+        assert_eq!(
+            p.high_watermark(),
+            10,
+            "a leader's high watermark never goes down"
+        );
+        p.truncate_to(3, 2).expect("ignored");
+        assert_eq!(
+            p.log_end_offset(),
+            10,
+            "nor does a stale truncation cut its log"
+        );
+        // A follower of the current epoch does follow its leader's high watermark.
+        assert!(p.become_follower(2, 5));
+        p.update_follower_high_watermark(5, 7);
+        assert_eq!(p.high_watermark(), 7);
+    }
+
+    /// What a broker restarting with a stale metadata image goes through: replaying
+    /// old images, it is told to lead or follow in epochs its log is already past.
+    #[test]
+    fn roles_in_epochs_older_than_the_log_knows_are_ignored_and_leave_the_epoch_cache_alone() {
+        let fs = Arc::new(FaultyFs::new());
+        let p = open(&fs);
+        assert!(p.become_follower(2, 3));
+        let batch = BatchBuilder::new(5, 10)
+            .base_offset(0)
+            .leader_epoch(3)
+            .build();
+        p.append_as_follower(3, &batch, 0)
+            .expect("follower")
+            .expect("append");
+        let batch = BatchBuilder::new(5, 10)
+            .base_offset(5)
+            .leader_epoch(4)
+            .build();
+        p.append_as_follower(3, &batch, 0)
+            .expect("follower")
+            .expect("append");
+        assert_eq!(epochs(&p), vec![(3, 0), (4, 5)]);
+        // A stale image of this same process: ignored.
+        p.become_leader(2, 1, vec![NODE, 2], vec![NODE, 2], 0);
+        assert!(!p.become_follower(3, 1));
+        assert_eq!(
+            p.role(),
+            Role::Follower {
+                leader: 2,
+                epoch: 3
+            }
+        );
+        drop(p);
+
+        // A restart: the role is unknown, the log says epoch 4 exists.
+        let p = open(&fs);
+        assert_eq!(epochs(&p), vec![(3, 0), (4, 5)]);
+        p.become_leader(1, 1, vec![NODE, 2], vec![NODE, 2], 0);
+        assert!(
+            !p.is_leader(),
+            "a leadership in epoch 1 of a log at epoch 4"
+        );
+        assert!(!p.become_follower(2, 3));
+        assert_eq!(
+            epochs(&p),
+            vec![(3, 0), (4, 5)],
+            "the cache still describes the log"
+        );
+        // The current epoch applies as usual, and a newer one after it.
+        assert!(p.become_follower(2, 4));
+        p.become_leader(5, 2, vec![NODE, 2], vec![NODE, 2], 0);
+        assert!(p.is_leader());
+        assert_eq!(epochs(&p), vec![(3, 0), (4, 5), (5, 10)]);
+    }
 }

@@ -42,6 +42,9 @@ const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_MASK: i16 = 0x08;
 const TRANSACTIONAL_MASK: i16 = 0x10;
 const CONTROL_MASK: i16 = 0x20;
+/// KIP-534: `baseTimestamp` holds the time after which the batch's tombstones may be
+/// removed by compaction (set by the first compaction that kept them).
+const DELETE_HORIZON_MASK: i16 = 0x40;
 
 /// How a batch's timestamps were assigned (`message.timestamp.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -223,6 +226,12 @@ impl BatchHeader {
         (self.attributes & COMPRESSION_MASK) as u8
     }
 
+    /// KIP-534's delete horizon: when set, `baseTimestamp` is the time from which
+    /// compaction may remove the batch's tombstones.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & DELETE_HORIZON_MASK != 0).then_some(self.base_timestamp)
+    }
+
     /// How the batch's timestamps were assigned.
     pub fn timestamp_type(&self) -> TimestampType {
         if self.attributes & TIMESTAMP_TYPE_MASK != 0 {
@@ -245,6 +254,48 @@ pub fn increment_sequence(sequence: i32, increment: i32) -> i32 {
 /// CRC-32C a v2 batch must carry: over everything from `attributes` to its end.
 pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[ATTRIBUTES_OFFSET.min(batch.len())..])
+}
+
+/// Encodes a whole batch: `header`'s fields (its `batch_length` and `crc` are ignored
+/// and computed) followed by `records`, the records section as stored (compressed
+/// or not).
+pub fn encode_batch(header: &BatchHeader, records: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_BATCH_HEADER_BYTES + records.len());
+    out.extend_from_slice(&header.base_offset.to_be_bytes());
+    let batch_length = (RECORD_BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32;
+    out.extend_from_slice(&batch_length.to_be_bytes());
+    out.extend_from_slice(&header.partition_leader_epoch.to_be_bytes());
+    out.push(RECORD_BATCH_MAGIC_V2 as u8);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&header.attributes.to_be_bytes());
+    out.extend_from_slice(&header.last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&header.base_timestamp.to_be_bytes());
+    out.extend_from_slice(&header.max_timestamp.to_be_bytes());
+    out.extend_from_slice(&header.producer_id.to_be_bytes());
+    out.extend_from_slice(&header.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&header.base_sequence.to_be_bytes());
+    out.extend_from_slice(&header.records_count.to_be_bytes());
+    debug_assert_eq!(out.len(), RECORD_BATCH_HEADER_BYTES);
+    out.extend_from_slice(records);
+    let crc = compute_crc(&out);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// `attributes` with the compression codec replaced by `codec`.
+pub fn with_compression(attributes: i16, codec: u8) -> i16 {
+    (attributes & !COMPRESSION_MASK) | (i16::from(codec) & COMPRESSION_MASK)
+}
+
+/// `attributes` with KIP-534's delete-horizon flag set.
+pub fn with_delete_horizon(attributes: i16) -> i16 {
+    attributes | DELETE_HORIZON_MASK
+}
+
+/// `attributes` for a batch whose records are all gone but whose header is kept:
+/// uncompressed, no delete horizon (Kafka's `writeEmptyHeader`).
+pub fn empty_batch_attributes(attributes: i16) -> i16 {
+    attributes & !(COMPRESSION_MASK | DELETE_HORIZON_MASK)
 }
 
 /// Iterates `(header, batch bytes)` over a buffer of batches, checking framing but not CRCs.
@@ -404,17 +455,17 @@ fn zigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i32> {
+pub(crate) fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i32> {
     let v = zigzag(read_unsigned_leb128(buf, pos, MAX_VARINT_BYTES)?);
     i32::try_from(v).ok()
 }
 
-fn read_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
+pub(crate) fn read_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
     Some(zigzag(read_unsigned_leb128(buf, pos, MAX_VARLONG_BYTES)?))
 }
 
 /// Skips a length-prefixed field of `len` bytes (negative: null) inside `body`.
-fn skip(body: &[u8], pos: &mut usize, len: i32) -> Option<()> {
+pub(crate) fn skip(body: &[u8], pos: &mut usize, len: i32) -> Option<()> {
     if len < 0 {
         return Some(());
     }

@@ -9,11 +9,14 @@
 //! - [`fs`]: the filesystem seam ([`fs::StdFs`] for real files, [`fs::FaultyFs`] to
 //!   simulate power loss in tests).
 //! - [`batch`]: RecordBatch v2 header parsing, validation (framing, CRC-32C) and the
-//!   in-place patches a leader applies. Records are never decoded.
+//!   in-place patches a leader applies. Appends and reads never decode records.
 //! - [`checkpoint`]: atomic small-file writes and Kafka's offset checkpoint format.
 //! - [`log`]: [`Log`] — appends (leader and follower), reads planned under a lock and
-//!   executed outside it, flush plans, retention, truncation, idempotent-producer
-//!   sequence checks, and crash recovery.
+//!   executed outside it, flush plans, retention, compaction (planned under the lock,
+//!   executed outside it), truncation, idempotent-producer sequence checks, and crash
+//!   recovery.
+//! - [`record`] and [`codec`]: the records inside a batch and the compression codecs,
+//!   for compaction and the compacted-topic key check only.
 //! - [`testing`]: builders for valid batches.
 //!
 //! What it must not touch: Kafka API types (no `kafka-protocol`), Raft, networking.
@@ -63,12 +66,15 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod codec;
 pub mod fs;
 pub mod log;
+pub mod record;
 pub mod testing;
 
 pub use log::{
-    AppendError, AppendInfo, AppendOrigin, EpochEntry, FlushPlan, LeaderAppend, Log, LogConfig,
+    AppendError, AppendInfo, AppendOrigin, CleanerLimits, CleanupPolicy, CompactionPlan,
+    CompactionResult, CompactionStats, EpochEntry, FlushPlan, LeaderAppend, Log, LogConfig,
     LogError, ReadError, ReadPlan, RecoveryReport, TimestampType, LEADER_EPOCH_CHECKPOINT_FILE,
     UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
 };

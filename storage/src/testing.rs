@@ -1,9 +1,46 @@
 //! Builders for valid RecordBatch v2 bytes, for tests in this crate and its users.
 //!
-//! The records are real Kafka records (varint framing, null key, no headers), so a Kafka
-//! client could decode them; only the values are synthetic.
+//! The records are real Kafka records (varint framing, no headers), so a Kafka client
+//! could decode them: by default with null keys and synthetic values, or with the keys
+//! and values given ([`BatchBuilder::keyed`]), optionally compressed.
 
 use crate::batch::{compute_crc, LOG_OVERHEAD_BYTES, NO_PRODUCER_ID, NO_SEQUENCE};
+use crate::codec;
+
+/// One record of a [`BatchBuilder::keyed`] batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRecord {
+    /// The key; `None` is a null key.
+    pub key: Option<Vec<u8>>,
+    /// The value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+impl TestRecord {
+    /// A record with a key and a value.
+    pub fn value(key: &[u8], value: &[u8]) -> Self {
+        Self {
+            key: Some(key.to_vec()),
+            value: Some(value.to_vec()),
+        }
+    }
+
+    /// A tombstone: a key with a null value.
+    pub fn tombstone(key: &[u8]) -> Self {
+        Self {
+            key: Some(key.to_vec()),
+            value: None,
+        }
+    }
+
+    /// A record without a key.
+    pub fn unkeyed(value: &[u8]) -> Self {
+        Self {
+            key: None,
+            value: Some(value.to_vec()),
+        }
+    }
+}
 
 /// Builds one uncompressed RecordBatch v2 with `records` records of `value_bytes` each.
 #[derive(Clone, Debug)]
@@ -19,6 +56,8 @@ pub struct BatchBuilder {
     transactional: bool,
     control: bool,
     fill: u8,
+    keyed: Option<Vec<TestRecord>>,
+    compression: u8,
 }
 
 fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
@@ -31,6 +70,17 @@ fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {
     put_uvarint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Appends a nullable byte string: its length (-1 for null) and bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+        None => put_varint(out, -1),
+    }
 }
 
 impl BatchBuilder {
@@ -48,7 +98,26 @@ impl BatchBuilder {
             transactional: false,
             control: false,
             fill: 0,
+            keyed: None,
+            compression: 0,
         }
+    }
+
+    /// A batch of exactly these records (at least one).
+    ///
+    /// # Panics
+    /// If `records` is empty.
+    pub fn keyed(records: Vec<TestRecord>) -> Self {
+        assert!(!records.is_empty(), "a batch needs a record");
+        let mut b = Self::new(records.len(), 0);
+        b.keyed = Some(records);
+        b
+    }
+
+    /// Compresses the records with this codec (1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn compression(mut self, codec: u8) -> Self {
+        self.compression = codec;
+        self
     }
 
     /// Sets `baseOffset` (the leader overwrites it on append).
@@ -104,15 +173,27 @@ impl BatchBuilder {
             body.push(0); // record attributes
             put_varint(&mut body, i as i64); // timestamp delta
             put_varint(&mut body, i as i64); // offset delta
-            put_varint(&mut body, -1); // null key
-            put_varint(&mut body, self.value_bytes as i64);
-            body.extend((0..self.value_bytes).map(|j| (i + j) as u8 ^ self.fill));
+            match self.keyed.as_ref().map(|r| &r[i]) {
+                Some(record) => {
+                    put_bytes(&mut body, record.key.as_deref());
+                    put_bytes(&mut body, record.value.as_deref());
+                }
+                None => {
+                    put_varint(&mut body, -1); // null key
+                    put_varint(&mut body, self.value_bytes as i64);
+                    body.extend((0..self.value_bytes).map(|j| (i + j) as u8 ^ self.fill));
+                }
+            }
             put_varint(&mut body, 0); // no headers
             put_varint(&mut records, body.len() as i64);
             records.extend_from_slice(&body);
         }
         let last_delta = (self.records - 1) as i32;
-        let mut attributes: i16 = 0;
+        if self.compression != 0 {
+            records =
+                codec::compress(self.compression, &records, &[]).expect("test records compress");
+        }
+        let mut attributes: i16 = i16::from(self.compression);
         if self.transactional {
             attributes |= 0x10;
         }

@@ -291,7 +291,7 @@ fn bad_batches_are_refused_with_the_right_error() {
 }
 
 #[test]
-fn follower_appends_must_continue_at_the_log_end() {
+fn follower_appends_must_not_start_below_the_log_end_but_may_skip_offsets() {
     let (fs, dir) = faulty_fs();
     let (mut log, _) = open(&fs, &dir, LogConfig::default(), 0);
     let mut bytes = BatchBuilder::new(3, 10)
@@ -311,15 +311,32 @@ fn follower_appends_must_continue_at_the_log_end() {
         (info.base_offset, info.last_offset, info.records),
         (0, 4, 5)
     );
-    let gap = BatchBuilder::new(1, 10).base_offset(6).build();
+    let overlap = BatchBuilder::new(1, 10).base_offset(4).build();
     assert!(matches!(
-        log.append_as_follower(&gap, NOW_MS),
+        log.append_as_follower(&overlap, NOW_MS),
         Err(AppendError::OffsetsNotMonotonic {
             expected: 5,
-            actual: 6
+            actual: 4
         })
     ));
-    assert_eq!(read(&log, 0, usize::MAX, i64::MAX, true).len(), 2);
+    // A compacted leader's batches skip the offsets it removed.
+    let gap = BatchBuilder::new(1, 10).base_offset(6).build();
+    let info = log.append_as_follower(&gap, NOW_MS).expect("a gap is fine");
+    assert_eq!((info.base_offset, info.last_offset), (6, 6));
+    assert_eq!(log.log_end_offset(), 7);
+    // Within one request too, but never going back.
+    let mut two = BatchBuilder::new(1, 10).base_offset(9).build();
+    two.extend(BatchBuilder::new(1, 10).base_offset(8).build());
+    assert!(matches!(
+        log.append_as_follower(&two, NOW_MS),
+        Err(AppendError::OffsetsNotMonotonic {
+            expected: 10,
+            actual: 8
+        })
+    ));
+    assert_eq!(read(&log, 0, usize::MAX, i64::MAX, true).len(), 3);
+    // A read inside the gap returns the batch after it.
+    assert_eq!(read(&log, 5, usize::MAX, i64::MAX, true)[0].base_offset, 6);
 }
 
 #[test]

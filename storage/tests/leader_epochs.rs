@@ -81,6 +81,29 @@ fn leader_and_follower_appends_fill_the_cache_and_answer_end_offsets() {
 }
 
 #[test]
+fn truncating_at_the_log_end_forgets_an_epoch_that_starts_there() {
+    // A broker led epoch 1 for a moment, recording its start at its log end, and
+    // appended nothing before another leader (epoch 2) took over. Told to truncate
+    // to where epoch 0 ends (its log end), it must forget epoch 1, or its fetches
+    // keep naming epoch 1 and the leader keeps answering "diverging".
+    let (fs, dir) = faulty_fs();
+    let (mut log, _) = open(&fs, &dir, small_config(1 << 20), 0);
+    lead(&mut log, 0, 3); // offsets 0..6
+    log.assign_epoch_start(1, log.log_end_offset())
+        .expect("assign");
+    assert_eq!(log.latest_epoch(), Some(1));
+    log.truncate_to(6).expect("truncate at the end");
+    assert_eq!(entries(&log), vec![(0, 0)]);
+    assert_eq!(log.latest_epoch(), Some(0));
+    assert_eq!(log.log_end_offset(), 6);
+    // Durably: the checkpoint was rewritten.
+    flush(&mut log);
+    drop(log);
+    let (log, _) = open(&fs, &dir, small_config(1 << 20), 6);
+    assert_eq!(entries(&log), vec![(0, 0)]);
+}
+
+#[test]
 fn a_lost_or_damaged_checkpoint_is_rebuilt_from_the_batches() {
     let (fs, dir) = faulty_fs();
     let config = small_config(batch(2, 50, 0).len() as u64 * 2);

@@ -45,13 +45,19 @@ EXPECTED_PASS+=,0007,0008,0016,0021,0035,0036,0039,0041,0044,0057,0059,0063,0065
 # 0081_admin stops at its first failing sub-test (CreateAcls): run the ones keel serves.
 EXPECTED_PASS+=,0081/CreateTopics,0081/DeleteTopics,0081/CreatePartitions,0081/AlterConfigs
 EXPECTED_PASS+=,0081/DescribeConfigs,0081/DeleteRecords
+# Consumer groups and committed offsets on one node (the cluster runs the group set).
+EXPECTED_PASS+=,0014,0020,0029,0040,0042,0060,0064,0067,0069,0083,0125,0130
+EXPECTED_PASS+=,0081/ListConsumerGroups,0081/DescribeConsumerGroups,0081/DeleteGroups
+EXPECTED_PASS+=,0081/DeleteConsumerGroupOffsets
 EXPECTED_PASS_LOCAL=0004
-# Tests whose only broker sub-test is skipped in quick mode (-Q): run in full mode.
-FULL_MODE=0022
-# Against the 3-node cluster: the produce/consume/offsets set again and the produce set
-# with -P (every producer idempotent). 0090 (idempotence) reads back through a consumer
-# group: listed in docs/COMPATIBILITY.md until groups exist.
+# Tests whose broker sub-tests are skipped in quick mode (-Q): run in full mode.
+FULL_MODE=0022,0018,0019
+# Against the 3-node cluster: the produce/consume/offsets set again, 0090 (idempotence,
+# read back through a consumer group), the consumer-group tests, and the produce set
+# with -P (every producer idempotent).
 EXPECTED_PASS_CLUSTER=0001,0002,0003,0005,0011,0012,0013,0015,0017,0022,0031,0034,0048,0054,0070,0073
+EXPECTED_PASS_CLUSTER+=,0090
+EXPECTED_PASS_CLUSTER+=,0018,0019,0030,0033,0050,0051,0056,0089,0091,0102,0113,0118
 EXPECTED_PASS_CLUSTER_IDEMPOTENT=0001,0002,0003,0005,0011,0012,0013,0022,0034,0048
 CLUSTER_IPS=(127.0.0.72 127.0.0.73 127.0.0.74)
 CLUSTER_CLIENT_PORT=19092
@@ -190,7 +196,9 @@ wait_listening() {
 # exits at once) cannot take the others with it. Prints one line for it; succeeds only
 # if the test ran and passed.
 run_one() {
-    local test=${1%%/*} mode_flag=$2 subtest= out=$RUN_DIR/${1//\//-}${2//[^A-Za-z]/}.log started=$SECONDS
+    RUNS=$((RUNS + 1))
+    local test=${1%%/*} mode_flag=$2 subtest= started=$SECONDS
+    local out=$RUN_DIR/$(printf %03d $RUNS)-${1//\//-}${2//[^A-Za-z]/}.log
     local status=0 quick=-Q
     [[ $1 == */* ]] && subtest=${1#*/}
     [[ ",$FULL_MODE," == *",$test,"* || ${LRK_FULL:-0} == 1 ]] && quick=
@@ -214,6 +222,7 @@ run_one() {
     [ $verdict = PASSED ]
 }
 
+RUNS=0
 PASSED=0
 FAILED=0
 FAILURES=()

@@ -2,7 +2,7 @@
 acknowledged record: "<partition> <offset> <value>", flushed at once, so whoever kills
 the broker knows exactly which records were acknowledged.
 
-Usage: acked_producer.py BOOTSTRAP TOPIC PARTITIONS [idempotent]
+Usage: acked_producer.py BOOTSTRAP TOPIC PARTITIONS [idempotent] [rate=RECORDS_PER_S]
 """
 import sys
 import time
@@ -12,7 +12,9 @@ from confluent_kafka import Producer
 
 def main():
     bootstrap, topic, partitions = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    idempotent = len(sys.argv) > 4 and sys.argv[4] == "idempotent"
+    extra = sys.argv[4:]
+    idempotent = "idempotent" in extra
+    rate = next((float(a.split("=", 1)[1]) for a in extra if a.startswith("rate=")), None)
     producer = Producer({
         "bootstrap.servers": bootstrap,
         "acks": "all",
@@ -40,7 +42,10 @@ def main():
         except BufferError:
             producer.poll(0.05)
             continue
-        if i % 50 == 0:
+        if rate is not None:
+            producer.poll(0)
+            time.sleep(1.0 / rate)
+        elif i % 50 == 0:
             producer.poll(0)
             time.sleep(0.002)
 

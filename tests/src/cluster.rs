@@ -42,7 +42,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// Nodes by id.
     pub nodes: BTreeMap<u64, KeelNode>,
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -50,6 +51,19 @@ impl Cluster {
     /// every broker answers clients.
     pub fn start(block: u8, roles: &[Role], extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("keel-cluster-").tempdir()?;
+        let mut cluster = Self::start_in(dir.path(), block, roles, extra)?;
+        cluster._tmp = Some(dir);
+        Ok(cluster)
+    }
+
+    /// As [`Cluster::start`], with node `i`'s data and log under `<dir>/node<i>`,
+    /// kept after the cluster is dropped.
+    pub fn start_in(
+        dir: &std::path::Path,
+        block: u8,
+        roles: &[Role],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let roles: BTreeMap<u64, Role> = roles
             .iter()
             .enumerate()
@@ -67,7 +81,8 @@ impl Cluster {
             roles: roles.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             nodes: BTreeMap::new(),
-            dir,
+            root: dir.to_path_buf(),
+            _tmp: None,
         };
         for id in roles.keys() {
             cluster.spawn(*id)?;
@@ -78,7 +93,7 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let role = self.roles[&id];
-        let node_dir: PathBuf = self.dir.path().join(format!("node{id}"));
+        let node_dir: PathBuf = self.root.join(format!("node{id}"));
         std::fs::create_dir_all(&node_dir)?;
         let roles = match role {
             Role::Combined | Role::SpareController => "broker,controller",
@@ -101,6 +116,30 @@ impl Cluster {
         let node = KeelNode::spawn(&node_dir, &client_addr(self.block, id), &args)?;
         self.nodes.insert(id, node);
         Ok(())
+    }
+
+    /// What node `id` runs.
+    pub fn role(&self, id: u64) -> Option<Role> {
+        self.roles.get(&id).copied()
+    }
+
+    /// Ids of the initial controller voters.
+    pub fn voter_ids(&self) -> Vec<u64> {
+        self.roles
+            .iter()
+            .filter(|(_, r)| matches!(r, Role::Combined | Role::Controller))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The directory holding every node's directory.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// The log file of node `id`.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.root.join(format!("node{id}")).join("keel.log")
     }
 
     /// Ids of nodes that serve clients.

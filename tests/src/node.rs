@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,7 +138,22 @@ impl KeelNode {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        // The node dies with the thread that started it, even if that thread's process
+        // is SIGKILLed and cannot clean up (a fault run interrupted hard, a test binary
+        // killed by a timeout). Nodes are started by long-lived threads (a test's own
+        // thread, the fault harness's main thread).
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // one async-signal-safe system call.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args(&self.args)
             .env(
                 "KEEL_LOG",

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel::cli::client::KafkaClient;
 use keel_storage::testing::BatchBuilder;
+use keel_tests::background::Background;
 use keel_tests::clients::{block_on, python, python_script};
 use keel_tests::cluster::{Cluster, Partition, Role};
 use keel_tests::records::{record_lines, TopicDump};
@@ -38,8 +39,6 @@ const SERVER_ARGS: &[&str] = &[
 ];
 /// How long a leader change, an ISR change or a catch-up may take here.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the producer may go without new acknowledgements.
-const WAIT_FOR_ACKS: Duration = Duration::from_secs(120);
 
 fn combined(n: usize) -> Vec<Role> {
     vec![Role::Combined; n]
@@ -117,66 +116,6 @@ fn bootstrap(c: &Cluster) -> String {
         .map(|id| c.client(*id))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// A client script running in the background, killed on drop.
-struct Background {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Background {
-    fn start(dir: &Path, name: &str, script: &str, args: &[&str]) -> Self {
-        let out = dir.join(format!("{name}.out"));
-        let err = dir.join(format!("{name}.err"));
-        let child = Command::new(python().unwrap())
-            .arg(python_script(script))
-            .args(args)
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        Background { child, out, err }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Waits until the script has printed at least `n` records.
-    fn wait_records(&mut self, n: usize) {
-        let deadline = Instant::now() + WAIT_FOR_ACKS;
-        loop {
-            let have = record_lines(&self.out).len();
-            if have >= n {
-                return;
-            }
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "{} exited early:\n{}",
-                self.out.display(),
-                self.stderr()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "only {have} of {n} records after {WAIT_FOR_ACKS:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn assert_no_problems(what: &str, problems: Vec<String>, c: &Cluster) {

@@ -1,12 +1,15 @@
 //! The filesystem seam: every byte the log reads or writes goes through [`Filesystem`]
 //! and [`FileHandle`], so tests can swap real files ([`StdFs`]) for an in-memory
-//! filesystem that forgets unsynced data on a simulated power loss ([`FaultyFs`]).
+//! filesystem that forgets unsynced data on a simulated power loss ([`FaultyFs`]), or
+//! for real processes under the fault harness, real files whose unsynced writes die
+//! with the process ([`VolatileFs`]).
 //!
-//! This module owns only the traits and their two implementations; it knows nothing of
+//! This module owns only the traits and their implementations; it knows nothing of
 //! segments, batches or offsets.
 
 mod faulty;
 mod std_fs;
+mod volatile;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use std::sync::Arc;
 
 pub use faulty::FaultyFs;
 pub use std_fs::StdFs;
+pub use volatile::VolatileFs;
 
 /// An open file supporting positioned reads and writes; shared between threads.
 pub trait FileHandle: Send + Sync + std::fmt::Debug {

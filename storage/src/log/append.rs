@@ -11,6 +11,9 @@ use crate::batch::{
     RECORD_BATCH_HEADER_BYTES,
 };
 
+use crate::record::check_keys;
+
+use super::compaction::MAX_COMPACTED_BATCH_INFLATED_BYTES;
 use super::error::AppendError;
 use super::producer_state::Verdict;
 use super::segment::Segment;
@@ -159,6 +162,12 @@ impl Log {
             let bytes = &batches[position..position + h.total_bytes()];
             validate_uncompressed_records(h, bytes)
                 .map_err(|e| AppendError::InvalidRecord(e.to_string()))?;
+            // Compaction keeps the latest record per key: a record without one has no
+            // place in a compacted log (Kafka decompresses to check this too).
+            if self.config.cleanup_policy.compact {
+                check_keys(h, bytes, MAX_COMPACTED_BATCH_INFLATED_BYTES)
+                    .map_err(AppendError::InvalidRecord)?;
+            }
             position += h.total_bytes();
         }
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
@@ -244,11 +253,14 @@ impl Log {
     }
 
     /// Appends batches replicated from the leader: offsets are already assigned and must
-    /// continue exactly at the log end; framing and CRCs are checked; producer state is
-    /// updated without sequence checks. Does not fsync.
+    /// strictly increase from the log end (a compacted leader's batches skip the offsets
+    /// it removed, so gaps are accepted, as in Kafka; each replica compacts its own log);
+    /// framing and CRCs are checked; producer state is updated without sequence checks.
+    /// Does not fsync.
     ///
     /// # Errors
-    /// `Batch` for bad bytes, `OffsetsNotMonotonic` for a gap or overlap, `Io`.
+    /// `Batch` for bad bytes, `OffsetsNotMonotonic` for a batch starting below the log
+    /// end or the previous batch's end, `Io`.
     pub fn append_as_follower(
         &mut self,
         batches: &[u8],
@@ -259,7 +271,7 @@ impl Log {
         let mut expected = base_offset;
         let mut records: u32 = 0;
         for h in &headers {
-            if h.base_offset != expected {
+            if h.base_offset < expected {
                 return Err(AppendError::OffsetsNotMonotonic {
                     expected,
                     actual: h.base_offset,
@@ -275,7 +287,7 @@ impl Log {
             }
         }
         Ok(AppendInfo {
-            base_offset,
+            base_offset: headers.first().map_or(base_offset, |h| h.base_offset),
             last_offset: expected - 1,
             log_append_time_ms: -1,
             log_start_offset: self.log_start_offset,
@@ -310,6 +322,10 @@ impl Log {
 
     /// Starts a new active segment at the log end and snapshots producer state there.
     ///
+    /// Fsyncs the outgoing segment first (under the caller's lock; rolls are rare), so
+    /// a new segment that survives a crash always follows a complete one: a gap between
+    /// segments on disk is then only ever one that compaction or replication of a
+    /// compacted leader made, never lost data, and recovery can accept it.
     /// The snapshot is written without fsync: the next flush plan syncs it and the new
     /// directory entries; a torn snapshot fails its CRC on recovery and an older one is used.
     pub(crate) fn roll(&mut self, now_ms: i64) -> io::Result<()> {
@@ -317,6 +333,7 @@ impl Log {
         if self.active().base_offset == base {
             return Ok(());
         }
+        self.active().sync()?;
         let segment = Segment::create(&*self.fs, &self.dir, base, now_ms)?;
         self.dir_changes += 1;
         // A snapshot already at `base` describes the same batches (truncation removes

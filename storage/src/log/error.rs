@@ -47,10 +47,10 @@ pub enum AppendError {
     /// The batch breaks a rule for client writes (Kafka: INVALID_RECORD).
     #[error("invalid record batch: {0}")]
     InvalidRecord(String),
-    /// Follower batches must continue exactly at the log end.
-    #[error("replicated batch starts at offset {actual}, expected {expected}")]
+    /// Follower batches must start at or after the log end, in increasing order.
+    #[error("replicated batch starts at offset {actual}, expected at least {expected}")]
     OffsetsNotMonotonic {
-        /// The offset the next batch must start at.
+        /// The offset the next batch must start at or after.
         expected: i64,
         /// The offset it starts at.
         actual: i64,
@@ -58,6 +58,17 @@ pub enum AppendError {
     /// The write failed; the log end did not move.
     #[error("append I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+impl AppendError {
+    /// Whether the batch was refused by the idempotent-producer rules (a fenced epoch
+    /// or a sequence gap), as opposed to bad bytes or I/O.
+    pub fn is_producer_state_violation(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidProducerEpoch { .. } | Self::OutOfOrderSequence { .. }
+        )
+    }
 }
 
 /// Why a read could not be planned.

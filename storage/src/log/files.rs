@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::{read_file, write_atomic, TEMP_FILE_SUFFIX};
 use crate::fs::Filesystem;
 
+use super::compaction::swap::{is_cleaned_name, parse_swap_name, SwapRange};
 use super::error::LogError;
 use super::producer_state::SNAPSHOT_FILE_SUFFIX;
 use super::segment::{LOG_FILE_SUFFIX, OFFSET_INDEX_FILE_SUFFIX, TIME_INDEX_FILE_SUFFIX};
@@ -35,10 +36,14 @@ pub(crate) struct RecoveryCap {
 pub(crate) struct DirListing {
     /// Base offsets of `.log` files, ascending.
     pub segments: Vec<i64>,
-    /// Index files whose segment is missing, and leftover temp files.
+    /// Index files whose segment is missing, leftover temp files, compaction output
+    /// that was never committed (`.cleaned`), and index swap files without their data
+    /// file's swap.
     pub orphans: Vec<PathBuf>,
     /// Offsets of `.snapshot` files, ascending.
     pub snapshots: Vec<i64>,
+    /// Committed compaction swaps (`{base}.{end}.log.swap`) to finish, ascending.
+    pub swaps: Vec<SwapRange>,
 }
 
 fn offset_stem(path: &Path, suffix: &str) -> Option<i64> {
@@ -58,8 +63,22 @@ impl DirListing {
     pub(crate) fn read(fs: &dyn Filesystem, dir: &Path) -> io::Result<Self> {
         let mut listing = Self::default();
         let mut indexes = Vec::new();
+        let mut index_swaps = Vec::new();
         for path in fs.read_dir(dir)? {
-            if let Some(base) = offset_stem(&path, LOG_FILE_SUFFIX) {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if let Some((base, end, suffix)) = parse_swap_name(name) {
+                let range = SwapRange { base, end };
+                if suffix == LOG_FILE_SUFFIX {
+                    listing.swaps.push(range);
+                } else {
+                    index_swaps.push((range, path));
+                }
+            } else if is_cleaned_name(name) {
+                listing.orphans.push(path);
+            } else if let Some(base) = offset_stem(&path, LOG_FILE_SUFFIX) {
                 listing.segments.push(base);
             } else if let Some(offset) = offset_stem(&path, SNAPSHOT_FILE_SUFFIX) {
                 listing.snapshots.push(offset);
@@ -77,6 +96,12 @@ impl DirListing {
         }
         listing.segments.sort_unstable();
         listing.snapshots.sort_unstable();
+        listing.swaps.sort_unstable_by_key(|r| r.base);
+        for (range, path) in index_swaps {
+            if !listing.swaps.contains(&range) {
+                listing.orphans.push(path);
+            }
+        }
         for (base, path) in indexes {
             if listing.segments.binary_search(&base).is_err() {
                 listing.orphans.push(path);
@@ -94,7 +119,11 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> LogError {
 }
 
 /// Reads `"0\n<fields>\n"`; `None` if the file does not exist.
-fn read_fields(fs: &dyn Filesystem, path: &Path, n: usize) -> Result<Option<Vec<i64>>, LogError> {
+pub(crate) fn read_fields(
+    fs: &dyn Filesystem,
+    path: &Path,
+    n: usize,
+) -> Result<Option<Vec<i64>>, LogError> {
     let Some(bytes) = read_file(fs, path)? else {
         return Ok(None);
     };
@@ -115,7 +144,7 @@ fn read_fields(fs: &dyn Filesystem, path: &Path, n: usize) -> Result<Option<Vec<
     }
 }
 
-fn write_fields(fs: &dyn Filesystem, path: &Path, fields: &[i64]) -> io::Result<()> {
+pub(crate) fn write_fields(fs: &dyn Filesystem, path: &Path, fields: &[i64]) -> io::Result<()> {
     let values: Vec<String> = fields.iter().map(i64::to_string).collect();
     let text = format!("{PARTITION_CHECKPOINT_VERSION}\n{}\n", values.join(" "));
     write_atomic(fs, path, text.as_bytes())

@@ -1,13 +1,16 @@
 //! [`Log`]: the partition log — an ordered list of segments holding RecordBatch v2 bytes
-//! at dense offsets, with its idempotent-producer state, retention, truncation and crash
-//! recovery.
+//! at strictly increasing offsets (dense as appended, with gaps where compaction removed
+//! records), with its idempotent-producer state, retention, compaction, truncation and
+//! crash recovery.
 //!
 //! The log is a single-threaded object (the broker wraps it in a mutex). Every method
-//! does bounded work under that lock; the slow parts of reads and fsyncs are returned as
-//! [`ReadPlan`] and [`FlushPlan`] to run outside it. Where a method fsyncs itself (rare
-//! operations: truncation, DeleteRecords, close) its docs say so.
+//! does bounded work under that lock; the slow parts of reads, fsyncs and compaction are
+//! returned as [`ReadPlan`], [`FlushPlan`] and [`CompactionPlan`] to run outside it.
+//! Where a method fsyncs itself (rare operations: rolls, truncation, DeleteRecords,
+//! close) its docs say so.
 
 mod append;
+mod compaction;
 mod config;
 mod epoch_cache;
 mod error;
@@ -28,10 +31,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use crate::batch::TimestampType;
+pub use compaction::{
+    CleanerLimits, CompactionPlan, CompactionResult, CompactionStats, DEFAULT_DEDUPE_BUFFER_BYTES,
+    MAX_COMPACTED_BATCH_INFLATED_BYTES,
+};
 pub use config::{
-    LogConfig, DEFAULT_INDEX_INTERVAL_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_PRODUCER_ID_EXPIRATION_MS, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_MS,
-    DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_INDEX_BYTES, DEFAULT_SEGMENT_MS, MAX_SEGMENT_BYTES,
+    CleanupPolicy, LogConfig, DEFAULT_DELETE_RETENTION_MS, DEFAULT_INDEX_INTERVAL_BYTES,
+    DEFAULT_MAX_COMPACTION_LAG_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
+    DEFAULT_MIN_COMPACTION_LAG_MS, DEFAULT_PRODUCER_ID_EXPIRATION_MS, DEFAULT_RETENTION_BYTES,
+    DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_INDEX_BYTES, DEFAULT_SEGMENT_MS,
+    MAX_SEGMENT_BYTES,
 };
 pub use epoch_cache::{
     EpochEntry, LEADER_EPOCH_CHECKPOINT_FILE, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
@@ -141,6 +150,8 @@ pub struct Log {
     recovery_cap: Option<RecoveryCap>,
     /// Where each leader epoch starts (`leader-epoch-checkpoint`).
     epochs: epoch_cache::EpochCache,
+    /// Compaction's clean point and the compaction in flight.
+    cleaner: compaction::CleanerState,
 }
 
 impl Log {

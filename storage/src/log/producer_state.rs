@@ -260,6 +260,14 @@ impl ProducerStateManager {
         self.producers.len()
     }
 
+    /// `(producer id, last offset)` of each known producer's last data batch:
+    /// compaction keeps those batches (at least their headers).
+    pub(crate) fn last_batches(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.producers
+            .iter()
+            .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, b.last_offset)))
+    }
+
     /// What the log knows about `producer_id`.
     pub(crate) fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)

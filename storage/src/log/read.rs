@@ -19,7 +19,8 @@ impl Log {
             .saturating_sub(1)
     }
 
-    /// Plans a read of whole batches starting with the batch containing `offset`, of at
+    /// Plans a read of whole batches starting with the batch containing `offset` (or,
+    /// if compaction removed it, the next batch after it), of at
     /// most `max_bytes` (unless `min_one_batch`, then at least that first batch), and
     /// never including a batch whose last offset is `>= max_offset_exclusive` (the high
     /// watermark). Reads from one segment. `offset` at the log end or at/after
@@ -46,8 +47,11 @@ impl Log {
         if offset == log_end_offset || offset >= max_offset_exclusive {
             return Ok(ReadPlan::empty(offset));
         }
+        // With compaction's gaps, `offset` may lie past the end of the segment it falls
+        // in, or in a segment compaction emptied: the read starts in the first segment
+        // holding a batch that ends at or after it.
         for seg in self.segments.range(self.segment_index_for(offset)..) {
-            if offset < seg.next_offset {
+            if offset < seg.next_offset && !seg.is_empty() {
                 return plan_in_segment(
                     seg,
                     offset,

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use crate::batch::{validate_batch, BatchHeader, RECORD_BATCH_HEADER_BYTES};
 use crate::fs::{parent_dir, Filesystem};
 
+use super::compaction::swap::finish_interrupted;
+use super::compaction::{read_cleaner_checkpoint, CleanerState};
 use super::config::LogConfig;
 use super::epoch_cache::read_epoch_checkpoint;
 use super::error::LogError;
@@ -173,9 +175,10 @@ fn load_segment(
         let (position, reason) = match cursor.next_header() {
             Ok(None) => break,
             Ok(Some((position, h))) => {
-                let problem = if h.base_offset != expected {
+                // Offsets strictly increase; compaction leaves gaps, nothing leaves overlaps.
+                let problem = if h.base_offset < expected {
                     Some(format!(
-                        "batch at offset {} where {expected} was expected",
+                        "batch at offset {} where at least {expected} was expected",
                         h.base_offset
                     ))
                 } else if check_crc {
@@ -260,12 +263,28 @@ impl Log {
             fs.sync_dir(parent_dir(&dir))?;
         }
         let mut dir_changes = 0u64;
-        let listing = DirListing::read(&*fs, &dir)?;
+        let mut listing = DirListing::read(&*fs, &dir)?;
+        if !listing.swaps.is_empty() {
+            // A compaction committed its cleaned segments but a crash came before they
+            // replaced the old ones: finish the swap.
+            for &range in &listing.swaps {
+                tracing::info!(dir = %dir.display(), base = range.base, end = range.end, "finishing an interrupted compaction swap");
+                dir_changes += finish_interrupted(&*fs, &dir, range, &listing.segments)?;
+            }
+            fs.sync_dir(&dir)?;
+            listing = DirListing::read(&*fs, &dir)?;
+        }
         for orphan in &listing.orphans {
             remove_if_exists(&*fs, orphan)?;
             dir_changes += 1;
         }
         let start_checkpoint = read_log_start_offset(&*fs, &dir)?;
+        // Advisory (it only steers when and from where compaction maps keys): a damaged
+        // one means compacting from the start again.
+        let cleaner_checkpoint = read_cleaner_checkpoint(&*fs, &dir).unwrap_or_else(|e| {
+            tracing::warn!(dir = %dir.display(), "ignoring the cleaner checkpoint: {e}");
+            None
+        });
         let recovery_cap = read_recovery_cap(&*fs, &dir)?;
         let epoch_checkpoint = read_epoch_checkpoint(&*fs, &dir)?;
         let rp = recovery_cap.map_or(recovery_point, |c| recovery_point.min(c.below));
@@ -292,17 +311,9 @@ impl Log {
             if !cut {
                 if let Some(prev) = segments.back() {
                     let expected = prev.next_offset;
-                    // Missing offsets that are all below the log start do not matter.
-                    let gap_below_start = start_checkpoint.is_some_and(|start| base <= start);
-                    if base != expected && gap_below_start {
-                        for seg in segments.iter() {
-                            delete_segment_files(&*fs, &dir, seg.base_offset)?;
-                            report.segments_deleted += 1;
-                            dir_changes += 1;
-                        }
-                        drop_prefix(&mut segments, "offset gap");
-                        to_sync.clear();
-                    } else if base != expected {
+                    // A gap between segments is what compaction leaves (a segment whose
+                    // last batches it removed); an overlap is damage.
+                    if base < expected {
                         if expected < rp {
                             return Err(LogError::CorruptBelowRecoveryPoint {
                                 path: offset_file(&dir, base, LOG_FILE_SUFFIX),
@@ -310,7 +321,7 @@ impl Log {
                                 offset: expected,
                                 recovery_point: rp,
                                 reason: format!(
-                                    "segment starts at offset {base} but the previous one ends at {expected}"
+                                    "segment starts at offset {base} but the previous one reaches {expected}"
                                 ),
                             });
                         }
@@ -402,6 +413,13 @@ impl Log {
             snapshots: listing.snapshots.into_iter().collect(),
             recovery_cap,
             epochs: Default::default(),
+            cleaner: CleanerState {
+                first_dirty: cleaner_checkpoint
+                    .map_or(first_base, |(first_dirty, _)| first_dirty)
+                    .clamp(first_base, log_end_offset),
+                next_horizon_ms: cleaner_checkpoint.and_then(|(_, horizon)| horizon),
+                in_flight: None,
+            },
         };
         let (snapshot, replayed) = log.rebuild_producer_state()?;
         while log.segments.len() > 1 && log.segments[1].base_offset <= log.log_start_offset {

@@ -46,9 +46,10 @@ impl Log {
     }
 
     /// Deletes the oldest segments that are entirely below `max_offset_exclusive` (the
-    /// high watermark: unreplicated data is never deleted) and either expired
-    /// (`now - largest timestamp > retention_ms`), beyond `retention_bytes`, or below the
-    /// log start offset. An expired non-empty active segment is rolled first, like Kafka.
+    /// high watermark: unreplicated data is never deleted) and either below the log
+    /// start offset or — if `cleanup.policy` includes `delete` — expired
+    /// (`now - largest timestamp > retention_ms`), beyond `retention_bytes`, or emptied
+    /// by compaction. An expired non-empty active segment is rolled first, like Kafka.
     /// Also forgets producers idle longer than `producer_id_expiration_ms`. Returns the
     /// number of segments deleted. If it deleted any, it fsyncs the directory (under the
     /// caller's lock; retention passes are rare).
@@ -68,17 +69,23 @@ impl Log {
         } else {
             i64::MIN
         };
+        // cleanup.policy without `delete` keeps data whatever its age or size.
+        let delete = self.config.cleanup_policy.delete;
         loop {
             let seg = &self.segments[0];
             let is_active = self.segments.len() == 1;
-            if seg.is_empty() || seg.next_offset > max_offset_exclusive {
+            if (seg.is_empty() && is_active) || seg.next_offset > max_offset_exclusive {
                 break;
             }
             let below_start = seg.next_offset <= self.log_start_offset;
-            let expired = self.config.retention_ms >= 0
+            // Compaction can empty a segment; with `delete` it holds nothing to retain.
+            let emptied = delete && seg.is_empty();
+            let expired = delete
+                && self.config.retention_ms >= 0
                 && now_ms.saturating_sub(largest_timestamp(seg)) > self.config.retention_ms;
-            let over_size = excess_bytes != i64::MIN && excess_bytes - seg.size as i64 >= 0;
-            if !(below_start || expired || over_size) {
+            let over_size =
+                delete && excess_bytes != i64::MIN && excess_bytes - seg.size as i64 >= 0;
+            if !(below_start || emptied || expired || over_size) {
                 break;
             }
             if excess_bytes != i64::MIN {
@@ -103,7 +110,8 @@ impl Log {
     /// I/O errors creating the new segment.
     pub fn maybe_roll(&mut self, now_ms: i64) -> Result<bool, LogError> {
         let active = self.active();
-        if active.is_empty() || active.age_ms(now_ms, now_ms) <= self.config.segment_ms {
+        if active.is_empty() || active.age_ms(now_ms, now_ms) <= self.config.effective_segment_ms()
+        {
             return Ok(false);
         }
         self.roll(now_ms)?;
@@ -129,11 +137,17 @@ impl Log {
             });
         }
         if offset >= log_end_offset {
-            return Ok(());
+            // No bytes to cut, but an epoch may still start at the log end: this
+            // broker led that epoch and appended nothing in it before another leader
+            // took over. The truncating follower was told it does not belong (Kafka
+            // also always truncates the epoch cache here); kept, it would be the log's
+            // latest epoch, every fetch would name it and diverge again, forever.
+            return self.epochs_after_truncation();
         }
         if offset < self.segments[0].base_offset {
             return self.truncate_fully_and_start_at(offset);
         }
+        self.abort_compaction()?;
         let idx = self
             .segments
             .partition_point(|s| s.base_offset <= offset)
@@ -141,7 +155,11 @@ impl Log {
         let new_end = if offset <= self.segments[idx].base_offset {
             self.segments[idx].base_offset
         } else {
-            self.segments[idx].boundary_at_offset(offset)?.offset
+            // Within a compaction gap the next batch starts past `offset`.
+            self.segments[idx]
+                .boundary_at_offset(offset)?
+                .offset
+                .min(offset)
         };
         self.cap_recovery_point(new_end)?;
         self.generation += 1;
@@ -160,6 +178,7 @@ impl Log {
         self.log_start_offset = self.log_start_offset.min(new_end);
         self.rebuild_producer_state()?;
         self.epochs_after_truncation()?;
+        self.cleaner_after_truncation();
         Ok(())
     }
 
@@ -177,6 +196,7 @@ impl Log {
                 log_end_offset: self.log_end_offset(),
             });
         }
+        self.abort_compaction()?;
         self.cap_recovery_point(offset)?;
         write_log_start_offset(&*self.fs, &self.dir, offset)?;
         self.generation += 1;
@@ -200,6 +220,7 @@ impl Log {
         self.producers = Default::default();
         self.epochs = Default::default();
         self.write_epoch_checkpoint()?;
+        self.cleaner_after_truncation();
         Ok(())
     }
 
@@ -264,6 +285,7 @@ impl Log {
         if self.segments.len() < 2 {
             return Ok(());
         }
+        self.abort_compaction()?;
         // Once this segment is gone, recovery can only start from a snapshot at or after
         // the next segment's base: make sure one exists there and is durable.
         self.sync_unsynced_files()?;
@@ -295,7 +317,7 @@ impl Log {
 
 /// The timestamp retention compares with: the newest record's, or the segment's creation
 /// time if its records carry none.
-fn largest_timestamp(seg: &Segment) -> i64 {
+pub(crate) fn largest_timestamp(seg: &Segment) -> i64 {
     match seg.max_timestamp {
         Some(m) if m.timestamp >= 0 => m.timestamp,
         _ => seg.created_ms,

@@ -1,7 +1,8 @@
 //! [`Segment`]: one `{base}.log` file with its offset and time indexes; appends whole
 //! batches at the end and finds batches by offset, byte position and timestamp.
 //!
-//! A segment holds a dense run of offsets `[base_offset, next_offset)`. It never fsyncs
+//! A segment holds batches at strictly increasing offsets in `[base_offset, next_offset)`:
+//! dense as appended, with gaps once compaction has removed records. It never fsyncs
 //! on its own: the log decides when (flush plans, truncation, recovery).
 
 use std::io;
@@ -106,15 +107,32 @@ impl Segment {
         base_offset: i64,
         now_ms: i64,
     ) -> io::Result<Self> {
-        let path = offset_file(dir, base_offset, LOG_FILE_SUFFIX);
+        let paths = [
+            LOG_FILE_SUFFIX,
+            OFFSET_INDEX_FILE_SUFFIX,
+            TIME_INDEX_FILE_SUFFIX,
+        ]
+        .map(|suffix| offset_file(dir, base_offset, suffix));
+        Self::create_at(fs, &paths, base_offset, now_ms)
+    }
+
+    /// Creates empty segment files at the given paths (data, offset index, time index),
+    /// emptying stale ones: compaction writes a segment under temporary names first.
+    ///
+    /// # Errors
+    /// I/O errors creating or truncating the files.
+    pub(crate) fn create_at(
+        fs: &dyn Filesystem,
+        paths: &[PathBuf; 3],
+        base_offset: i64,
+        now_ms: i64,
+    ) -> io::Result<Self> {
+        let path = paths[0].clone();
         let log = fs.open(&path, true)?;
         log.set_len(0)?;
-        let offset_index = fs.open(
-            &offset_file(dir, base_offset, OFFSET_INDEX_FILE_SUFFIX),
-            true,
-        )?;
+        let offset_index = fs.open(&paths[1], true)?;
         offset_index.set_len(0)?;
-        let time_index = fs.open(&offset_file(dir, base_offset, TIME_INDEX_FILE_SUFFIX), true)?;
+        let time_index = fs.open(&paths[2], true)?;
         time_index.set_len(0)?;
         Ok(Self {
             base_offset,
@@ -172,7 +190,7 @@ impl Segment {
             || self.offset_index.bytes() + batches * 8 > config.segment_index_bytes
             || self.time_index.bytes() + batches * 12 > config.segment_index_bytes
             || last_offset - self.base_offset > MAX_RELATIVE_OFFSET
-            || self.age_ms(incoming_max_ts, now_ms) > config.segment_ms
+            || self.age_ms(incoming_max_ts, now_ms) > config.effective_segment_ms()
     }
 
     /// The index entries and counters that appending `headers` at the end would produce.
@@ -419,7 +437,9 @@ impl Segment {
         self.offset_index.truncate_from(rel)?;
         self.time_index.truncate_from(rel)?;
         self.size = cut.position;
-        self.next_offset = cut.offset;
+        // Inside a compaction gap the first removed batch starts after `offset`; the log
+        // then ends at `offset` (its last batch ends earlier, which recovery may find).
+        self.next_offset = cut.offset.min(offset.max(self.base_offset));
         self.max_timestamp = self.time_index.last().map(|e| MaxTimestamp {
             timestamp: e.timestamp,
             offset: self.base_offset + i64::from(e.relative_offset),

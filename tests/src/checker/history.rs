@@ -3,8 +3,10 @@
 //! Modeled on Jepsen: every client operation is written as an `invoke` event when
 //! it starts and as exactly one completion (`ok`, `fail` or `info`) when it ends.
 //! `info` means the outcome is unknown (timeout, lost connection): the operation
-//! may or may not have taken effect. A process (one client worker) runs one
-//! operation at a time, and events appear in the file in the order they happened.
+//! may or may not have taken effect. A consumer process (one client worker) runs one
+//! operation at a time; a producer process may have many sends in flight (librdkafka
+//! pipelines them), each its own operation, told apart by its unique value. Events
+//! appear in the file in the order they happened.
 //!
 //! One event per line, a JSON object with these fields:
 //!
@@ -12,7 +14,7 @@
 //! |-------------|--------|----------------------------------------------------------------|
 //! | `process`   | u64    | the client worker that ran the operation                       |
 //! | `type`      | string | `"invoke"`, `"ok"`, `"fail"` or `"info"`                       |
-//! | `f`         | string | `"send"`, `"poll"` or `"assign"`                               |
+//! | `f`         | string | `"send"`, `"poll"`, `"assign"`, `"revoke"`, `"commit"`, `"nemesis"` |
 //! | `time_ns`   | u64    | monotonic nanoseconds since the run started                    |
 //! | `value`     | any    | depends on `f`, below                                          |
 //! | `final_read`| bool   | polls only: `true` for the final phase (absent means `false`)  |
@@ -21,15 +23,28 @@
 //!
 //! - `send`: `{"topic": "t", "partition": 0, "value": 17}` on every event of the
 //!   operation; the `ok` completion adds `"offset": 5`, the offset the broker
-//!   acknowledged. Values are unique across the whole run.
+//!   acknowledged, or `-1` when the acknowledgement named none (librdkafka acks a
+//!   batch implicitly when a later batch of the same idempotent producer succeeds
+//!   after it timed out). Values are unique across the whole run.
 //! - `poll`: the `ok` completion carries the records returned, in the order the
 //!   client returned them: `[{"topic": "t", "partition": 0, "offset": 5, "value": 17}]`.
 //!   `invoke`, `fail` and `info` carry `null` (or `[]`).
 //! - `assign`: a consumer's assignment changed or it seeked. Recorded as one `ok`
 //!   event: `{"partitions": [{"topic": "t", "partition": 0, "offset": 0}]}` where
-//!   `offset` is the next offset the consumer will read, or `-1` when unknown
-//!   (e.g. the committed offset after a rebalance). Only the listed partitions'
-//!   position expectations are reset.
+//!   `offset` is the next offset the consumer will read, or `-1` when unknown.
+//!   Only the listed partitions' position expectations are reset. A consumer group's
+//!   rebalance handing partitions to a member adds `"group": "g"`: the member starts
+//!   at the group's committed offset (the log start when none), offsets are `-1`.
+//! - `revoke`: a rebalance took partitions away from a group member, one `ok` event
+//!   `{"group": "g", "partitions": [{"topic": "t", "partition": 0, "offset": -1}]}`.
+//! - `commit`: a group member commits its positions, `invoke` then `ok`, `fail` or
+//!   `info`, each `{"group": "g", "partitions": [{"topic": "t", "partition": 0,
+//!   "offset": 12}]}` (`offset`: the next offset to read).
+//!
+//! - `nemesis`: a fault starting or healing, recorded by process 0 as one `info`
+//!   event: `{"action": "start", "fault": "kill", "detail": "kill -9 node 2"}`, then
+//!   `{"action": "heal", "fault": "kill", "detail": "restarted node 2"}`. Faults do not
+//!   overlap: every `start` is followed by its `heal` before the next `start`.
 //!
 //! The final phase assigns every partition with offset 0 (or -1 when the log
 //! start may have moved) and polls to the end with `"final_read": true`.
@@ -146,8 +161,63 @@ pub enum Op {
     Assign {
         /// The partitions whose position was (re)set.
         partitions: Vec<AssignedPartition>,
+        /// Set when a group rebalance assigned them: positions are the group's
+        /// committed offsets.
+        group: Option<String>,
+    },
+    /// A group rebalance took partitions away from the consumer.
+    Revoke {
+        /// The group.
+        group: String,
+        /// The partitions revoked (offsets -1).
+        partitions: Vec<AssignedPartition>,
+    },
+    /// A group member commits the next offsets to read.
+    Commit {
+        /// The group.
+        group: String,
+        /// The partitions and committed offsets.
+        partitions: Vec<AssignedPartition>,
+    },
+    /// A fault started or healed.
+    Nemesis {
+        /// Start or heal.
+        action: NemesisAction,
+        /// The fault's name (`kill`, `pause`, `partition`, …).
+        fault: String,
+        /// What exactly was done, for people reading the history.
+        detail: String,
     },
 }
+
+/// Whether a nemesis event starts or heals a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NemesisAction {
+    /// The fault begins.
+    Start,
+    /// The fault is over (processes restarted or resumed, rules removed).
+    Heal,
+}
+
+impl NemesisAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            NemesisAction::Start => "start",
+            NemesisAction::Heal => "heal",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "start" => Ok(NemesisAction::Start),
+            "heal" => Ok(NemesisAction::Heal),
+            other => Err(format!("unknown nemesis action {other:?}")),
+        }
+    }
+}
+
+/// The process id nemesis events carry; client workers use other ids.
+pub const NEMESIS_PROCESS: u64 = 0;
 
 /// One line of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +347,79 @@ impl Event {
             process,
             event_type: EventType::Ok,
             time_ns,
-            op: Op::Assign { partitions },
+            op: Op::Assign {
+                partitions,
+                group: None,
+            },
+        }
+    }
+
+    /// A rebalance of `group` assigning `partitions` (at their committed offsets).
+    pub fn group_assign(
+        process: u64,
+        time_ns: u64,
+        group: &str,
+        partitions: Vec<AssignedPartition>,
+    ) -> Self {
+        Event {
+            process,
+            event_type: EventType::Ok,
+            time_ns,
+            op: Op::Assign {
+                partitions,
+                group: Some(group.to_string()),
+            },
+        }
+    }
+
+    /// A rebalance of `group` revoking `partitions`.
+    pub fn revoke(
+        process: u64,
+        time_ns: u64,
+        group: &str,
+        partitions: Vec<AssignedPartition>,
+    ) -> Self {
+        Event {
+            process,
+            event_type: EventType::Ok,
+            time_ns,
+            op: Op::Revoke {
+                group: group.to_string(),
+                partitions,
+            },
+        }
+    }
+
+    /// An offset commit event (`invoke`, or its completion) of `group`.
+    pub fn commit(
+        process: u64,
+        time_ns: u64,
+        event_type: EventType,
+        group: &str,
+        partitions: Vec<AssignedPartition>,
+    ) -> Self {
+        Event {
+            process,
+            event_type,
+            time_ns,
+            op: Op::Commit {
+                group: group.to_string(),
+                partitions,
+            },
+        }
+    }
+
+    /// A fault starting (`Start`) or healing (`Heal`), by the nemesis process.
+    pub fn nemesis(time_ns: u64, action: NemesisAction, fault: &str, detail: &str) -> Self {
+        Event {
+            process: NEMESIS_PROCESS,
+            event_type: EventType::Info,
+            time_ns,
+            op: Op::Nemesis {
+                action,
+                fault: fault.to_string(),
+                detail: detail.to_string(),
+            },
         }
     }
 
@@ -311,15 +453,38 @@ impl Event {
                     obj.insert("final_read".into(), json!(true));
                 }
             }
-            Op::Assign { partitions } => {
+            Op::Assign { partitions, group } => {
                 obj.insert("f".into(), json!("assign"));
-                let parts: Vec<Value> = partitions
-                    .iter()
-                    .map(
-                        |p| json!({"topic": p.topic, "partition": p.partition, "offset": p.offset}),
-                    )
-                    .collect();
-                obj.insert("value".into(), json!({ "partitions": parts }));
+                let mut v = json!({ "partitions": partitions_json(partitions) });
+                if let (Some(g), Some(m)) = (group, v.as_object_mut()) {
+                    m.insert("group".into(), json!(g));
+                }
+                obj.insert("value".into(), v);
+            }
+            Op::Revoke { group, partitions } => {
+                obj.insert("f".into(), json!("revoke"));
+                obj.insert(
+                    "value".into(),
+                    json!({"group": group, "partitions": partitions_json(partitions)}),
+                );
+            }
+            Op::Commit { group, partitions } => {
+                obj.insert("f".into(), json!("commit"));
+                obj.insert(
+                    "value".into(),
+                    json!({"group": group, "partitions": partitions_json(partitions)}),
+                );
+            }
+            Op::Nemesis {
+                action,
+                fault,
+                detail,
+            } => {
+                obj.insert("f".into(), json!("nemesis"));
+                obj.insert(
+                    "value".into(),
+                    json!({"action": action.as_str(), "fault": fault, "detail": detail}),
+                );
             }
         }
         Value::Object(obj)
@@ -367,23 +532,30 @@ impl Event {
                     final_read,
                 }
             }
-            "assign" => {
-                let items = value
-                    .get("partitions")
-                    .and_then(Value::as_array)
-                    .ok_or("assign value has no partitions list")?;
-                let partitions = items
-                    .iter()
-                    .map(|p| {
-                        Ok(AssignedPartition {
-                            topic: get_str(p, "topic")?.to_string(),
-                            partition: get_i32(p, "partition")?,
-                            offset: get_i64(p, "offset")?,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?;
-                Op::Assign { partitions }
-            }
+            "assign" => Op::Assign {
+                partitions: parse_partitions(value)?,
+                group: match value.get("group") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(get_str(value, "group")?.to_string()),
+                },
+            },
+            "revoke" => Op::Revoke {
+                group: get_str(value, "group")?.to_string(),
+                partitions: parse_partitions(value)?,
+            },
+            "commit" => Op::Commit {
+                group: get_str(value, "group")?.to_string(),
+                partitions: parse_partitions(value)?,
+            },
+            "nemesis" => Op::Nemesis {
+                action: NemesisAction::parse(get_str(value, "action")?)?,
+                fault: get_str(value, "fault")?.to_string(),
+                detail: value
+                    .get("detail")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            },
             other => return Err(format!("unknown f {other:?}")),
         };
         Ok(Event {
@@ -393,6 +565,29 @@ impl Event {
             op,
         })
     }
+}
+
+fn partitions_json(partitions: &[AssignedPartition]) -> Vec<Value> {
+    partitions
+        .iter()
+        .map(|p| json!({"topic": p.topic, "partition": p.partition, "offset": p.offset}))
+        .collect()
+}
+
+fn parse_partitions(value: &Value) -> Result<Vec<AssignedPartition>, String> {
+    value
+        .get("partitions")
+        .and_then(Value::as_array)
+        .ok_or("value has no partitions list")?
+        .iter()
+        .map(|p| {
+            Ok(AssignedPartition {
+                topic: get_str(p, "topic")?.to_string(),
+                partition: get_i32(p, "partition")?,
+                offset: get_i64(p, "offset")?,
+            })
+        })
+        .collect()
 }
 
 fn record_json(r: &Record) -> Value {

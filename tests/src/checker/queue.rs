@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
+use super::availability::{self, Availability, SlowRecovery};
 use super::history::{EventType, History, Op};
 
 /// At most this many anomalies of one kind are printed by the text report.
@@ -75,11 +76,15 @@ pub enum AnomalyKind {
     NonmonotonicPoll,
     /// See [`Anomaly::SkippedPoll`].
     SkippedPoll,
+    /// See [`Anomaly::LostCommit`].
+    LostCommit,
+    /// See [`Anomaly::SlowRecovery`].
+    SlowRecovery,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 7] = [
+    pub const ALL: [AnomalyKind; 9] = [
         AnomalyKind::LostWrite,
         AnomalyKind::FailedWriteRead,
         AnomalyKind::UnknownValue,
@@ -87,6 +92,8 @@ impl AnomalyKind {
         AnomalyKind::InconsistentOffset,
         AnomalyKind::NonmonotonicPoll,
         AnomalyKind::SkippedPoll,
+        AnomalyKind::LostCommit,
+        AnomalyKind::SlowRecovery,
     ];
 
     /// The kind's name in the text report.
@@ -99,6 +106,8 @@ impl AnomalyKind {
             AnomalyKind::InconsistentOffset => "inconsistent offset",
             AnomalyKind::NonmonotonicPoll => "nonmonotonic poll",
             AnomalyKind::SkippedPoll => "skipped poll",
+            AnomalyKind::LostCommit => "lost commit",
+            AnomalyKind::SlowRecovery => "slow recovery",
         }
     }
 }
@@ -177,7 +186,9 @@ pub enum Anomaly {
         offset: i64,
     },
     /// A process's poll jumped past offsets that some reader saw a record at, with
-    /// no `assign` of the partition in between.
+    /// no `assign` of the partition in between; or, for the first poll after a group
+    /// rebalance assigned the partition, past every offset the group ever tried to
+    /// commit (`previous_offset` is then that offset - 1).
     SkippedPoll {
         /// The consumer.
         process: u64,
@@ -194,6 +205,30 @@ pub enum Anomaly {
         /// Offsets in between that hold a record (at most the first 10).
         skipped_offsets: Vec<i64>,
     },
+    /// A group member's first poll after a rebalance assigned it a partition started
+    /// below the offset the group's last commit before that rebalance was
+    /// acknowledged for: the coordinator lost (or served a stale) committed offset.
+    LostCommit {
+        /// The consumer.
+        process: u64,
+        /// When the poll completed.
+        time_ns: u64,
+        /// The group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The offset committed `ok` last before the assignment.
+        committed_offset: i64,
+        /// The process whose commit that was.
+        committed_by: u64,
+        /// The first offset read.
+        offset: i64,
+    },
+    /// After a fault healed, some partition acknowledged no send for longer than the
+    /// recovery bound (see [`availability`]).
+    SlowRecovery(SlowRecovery),
 }
 
 /// At most this many skipped offsets are listed in one [`Anomaly::SkippedPoll`].
@@ -210,6 +245,8 @@ impl Anomaly {
             Anomaly::InconsistentOffset { .. } => AnomalyKind::InconsistentOffset,
             Anomaly::NonmonotonicPoll { .. } => AnomalyKind::NonmonotonicPoll,
             Anomaly::SkippedPoll { .. } => AnomalyKind::SkippedPoll,
+            Anomaly::LostCommit { .. } => AnomalyKind::LostCommit,
+            Anomaly::SlowRecovery(_) => AnomalyKind::SlowRecovery,
         }
     }
 }
@@ -251,6 +288,11 @@ impl fmt::Display for Anomaly {
                 f,
                 "process {process} at {time_ns} ns read {topic}/{partition}:{offset} after {previous_offset}, skipping records at {skipped_offsets:?}"
             ),
+            Anomaly::LostCommit { process, time_ns, group, topic, partition, committed_offset, committed_by, offset } => write!(
+                f,
+                "process {process} at {time_ns} ns, assigned {topic}/{partition} by group {group}, started at {offset} below offset {committed_offset} committed ok by process {committed_by}"
+            ),
+            Anomaly::SlowRecovery(slow) => write!(f, "{slow}"),
         }
     }
 }
@@ -285,7 +327,7 @@ impl OutcomeCounts {
 }
 
 /// The checker's verdict: every anomaly found, and availability counts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     /// Every anomaly, grouped by kind in [`AnomalyKind::ALL`] order.
     pub anomalies: Vec<Anomaly>,
@@ -297,6 +339,12 @@ pub struct Report {
     pub final_read_polls: usize,
     /// Distinct values the final phase read.
     pub final_read_values: usize,
+    /// `ok` sends whose acknowledgement named no offset.
+    pub acks_without_offset: usize,
+    /// Sends per fault window and recovery after each heal.
+    pub availability: Availability,
+    /// The recovery bound the report was checked against, if any.
+    pub recovery_bound: Option<std::time::Duration>,
 }
 
 impl Report {
@@ -343,6 +391,22 @@ impl fmt::Display for Report {
             "final read: {} polls, {} distinct values",
             self.final_read_polls, self.final_read_values
         )?;
+        if self.acks_without_offset > 0 {
+            writeln!(
+                f,
+                "acknowledged without an offset (checked for loss only): {}",
+                self.acks_without_offset
+            )?;
+        }
+        write!(f, "{}", self.availability)?;
+        match self.recovery_bound {
+            Some(bound) => writeln!(
+                f,
+                "recovery bound: {:.0} s after each heal",
+                bound.as_secs_f64()
+            )?,
+            None => writeln!(f, "recovery bound: not checked")?,
+        }
         writeln!(
             f,
             "not checked: aborted and uncommitted reads (no transactions in the queue workload)"
@@ -384,11 +448,26 @@ struct SendState {
     acked_offset: i64,
 }
 
+/// What to check beyond the history's own consistency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Every partition must acknowledge a send within this long of each heal.
+    pub recovery_bound: Option<std::time::Duration>,
+}
+
+/// Checks a queue-workload history without a recovery bound; see [`check_with`].
+pub fn check(history: &History) -> Report {
+    check_with(history, &CheckOptions::default())
+}
+
 /// Checks a queue-workload history; see [`Anomaly`] for what is checked.
 ///
 /// Events are taken in the order the history lists them.
-pub fn check(history: &History) -> Report {
-    let mut report = Report::default();
+pub fn check_with(history: &History, options: &CheckOptions) -> Report {
+    let mut report = Report {
+        recovery_bound: options.recovery_bound,
+        ..Report::default()
+    };
     let mut sends: HashMap<u64, SendState> = HashMap::new();
     // First witness of each distinct (position, value, source).
     let mut witnesses: Vec<Witness> = Vec::new();
@@ -426,7 +505,13 @@ pub fn check(history: &History) -> Report {
                     state.process = event.process;
                     state.time_ns = event.time_ns;
                 }
+                // A negative offset is an acknowledgement that names none (librdkafka's
+                // implicit acks): the value must be read, but its position is unknown.
                 if let (EventType::Ok, Some(offset)) = (event.event_type, send.offset) {
+                    if offset < 0 {
+                        report.acks_without_offset += 1;
+                        continue;
+                    }
                     state.acked_offset = offset;
                     witness(Witness {
                         topic: send.topic.clone(),
@@ -469,7 +554,7 @@ pub fn check(history: &History) -> Report {
                     });
                 }
             }
-            Op::Assign { .. } => {}
+            Op::Assign { .. } | Op::Revoke { .. } | Op::Commit { .. } | Op::Nemesis { .. } => {}
         }
     }
     report.final_read_values = final_values.len();
@@ -477,6 +562,11 @@ pub fn check(history: &History) -> Report {
     check_sends(&sends, &final_values, &witnesses, &mut report.anomalies);
     check_positions(&witnesses, &mut report.anomalies);
     check_polls(history, &read_offsets, &mut report.anomalies);
+    let (availability, slow) = availability::analyze(history, options.recovery_bound);
+    report.availability = availability;
+    report
+        .anomalies
+        .extend(slow.into_iter().map(Anomaly::SlowRecovery));
     report.anomalies.sort_by_key(Anomaly::kind);
     report
 }
@@ -567,8 +657,46 @@ fn check_positions(witnesses: &[Witness], out: &mut Vec<Anomaly>) {
     }
 }
 
+/// Offsets in `read_offsets` of `tp` in `from..to`, at most the listed maximum.
+fn offsets_between(
+    read_offsets: &HashMap<TopicPartition, BTreeSet<i64>>,
+    tp: &TopicPartition,
+    from: i64,
+    to: i64,
+) -> Vec<i64> {
+    if from >= to {
+        return Vec::new();
+    }
+    read_offsets
+        .get(tp)
+        .map(|offsets| {
+            offsets
+                .range(from..to)
+                .take(MAX_LISTED_SKIPPED_OFFSETS)
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A partition a group rebalance handed to a process that has not read it since.
+struct GroupStart {
+    group: String,
+    /// The offset the group had committed before the assignment, and by whom, when
+    /// the history determines it.
+    committed_ok: Option<(i64, u64)>,
+}
+
 /// Per process and partition: offsets must rise, and never jump over an offset
 /// some reader saw a record at, unless an `assign` of the partition came between.
+///
+/// After a group rebalance assigns a partition, the member's first record of it must
+/// lie between the group's committed offset at the assignment, when the history
+/// determines it (the last acknowledged commit, none other in flight or of unknown
+/// outcome since; [`Anomaly::LostCommit`] if below), and the highest offset the group ever tried to
+/// commit before that read, or the log start when it tried none
+/// ([`Anomaly::SkippedPoll`] if records were seen in between). From then on the
+/// ordinary rule holds until the partition is revoked.
 fn check_polls(
     history: &History,
     read_offsets: &HashMap<TopicPartition, BTreeSet<i64>>,
@@ -576,26 +704,111 @@ fn check_polls(
 ) {
     // process -> partition -> last offset returned (or the assigned position - 1).
     let mut last: HashMap<u64, HashMap<TopicPartition, i64>> = HashMap::new();
+    // process -> partition -> a group assignment not yet read from.
+    let mut starts: HashMap<u64, HashMap<TopicPartition, GroupStart>> = HashMap::new();
+    // (group, partition) -> the committed offset and its committer, when the history
+    // determines it: the last commit acknowledged while no other commit of the
+    // partition was in flight, with no commit of unknown outcome since.
+    let mut committed_ok: HashMap<(String, TopicPartition), (i64, u64)> = HashMap::new();
+    // (group, partition) -> commits invoked and not yet completed.
+    let mut in_flight: HashMap<(String, TopicPartition), usize> = HashMap::new();
+    // (group, partition) -> highest offset any commit (whatever its outcome) carried.
+    let mut commit_tried: HashMap<(String, TopicPartition), i64> = HashMap::new();
     for event in &history.events {
+        if let Op::Commit { group, partitions } = &event.op {
+            for p in partitions {
+                let key = (group.clone(), (p.topic.clone(), p.partition));
+                let flying = in_flight.entry(key.clone()).or_default();
+                match event.event_type {
+                    EventType::Invoke => *flying += 1,
+                    EventType::Ok => {
+                        *flying = flying.saturating_sub(1);
+                        if *flying == 0 {
+                            committed_ok.insert(key.clone(), (p.offset, event.process));
+                        } else {
+                            committed_ok.remove(&key);
+                        }
+                    }
+                    EventType::Info => {
+                        *flying = flying.saturating_sub(1);
+                        committed_ok.remove(&key);
+                    }
+                    EventType::Fail => *flying = flying.saturating_sub(1),
+                }
+                let e = commit_tried.entry(key).or_insert(p.offset);
+                *e = (*e).max(p.offset);
+            }
+            continue;
+        }
         if event.event_type != EventType::Ok {
             continue;
         }
         let positions = last.entry(event.process).or_default();
+        let group_starts = starts.entry(event.process).or_default();
         match &event.op {
-            Op::Assign { partitions } => {
+            Op::Assign { partitions, group } => {
                 for p in partitions {
                     let tp = (p.topic.clone(), p.partition);
-                    if p.offset >= 0 {
+                    group_starts.remove(&tp);
+                    if let Some(g) = group {
+                        positions.remove(&tp);
+                        let key = (g.clone(), tp.clone());
+                        let settled = in_flight.get(&key).is_none_or(|n| *n == 0);
+                        let start = GroupStart {
+                            group: g.clone(),
+                            committed_ok: committed_ok.get(&key).copied().filter(|_| settled),
+                        };
+                        group_starts.insert(tp, start);
+                    } else if p.offset >= 0 {
                         positions.insert(tp, p.offset - 1);
                     } else {
                         positions.remove(&tp);
                     }
                 }
             }
+            Op::Revoke { partitions, .. } => {
+                for p in partitions {
+                    let tp = (p.topic.clone(), p.partition);
+                    positions.remove(&tp);
+                    group_starts.remove(&tp);
+                }
+            }
             Op::Poll { records, .. } => {
                 for r in records {
                     let tp = (r.topic.clone(), r.partition);
-                    if let Some(&previous) = positions.get(&tp) {
+                    if let Some(start) = group_starts.remove(&tp) {
+                        if let Some((committed, by)) =
+                            start.committed_ok.filter(|(c, _)| r.offset < *c)
+                        {
+                            out.push(Anomaly::LostCommit {
+                                process: event.process,
+                                time_ns: event.time_ns,
+                                group: start.group.clone(),
+                                topic: r.topic.clone(),
+                                partition: r.partition,
+                                committed_offset: committed,
+                                committed_by: by,
+                                offset: r.offset,
+                            });
+                        } else {
+                            let tried = commit_tried
+                                .get(&(start.group.clone(), tp.clone()))
+                                .copied()
+                                .unwrap_or(0);
+                            let skipped = offsets_between(read_offsets, &tp, tried, r.offset);
+                            if !skipped.is_empty() {
+                                out.push(Anomaly::SkippedPoll {
+                                    process: event.process,
+                                    time_ns: event.time_ns,
+                                    topic: r.topic.clone(),
+                                    partition: r.partition,
+                                    previous_offset: tried - 1,
+                                    offset: r.offset,
+                                    skipped_offsets: skipped,
+                                });
+                            }
+                        }
+                    } else if let Some(&previous) = positions.get(&tp) {
                         if r.offset <= previous {
                             out.push(Anomaly::NonmonotonicPoll {
                                 process: event.process,
@@ -605,17 +818,9 @@ fn check_polls(
                                 previous_offset: previous,
                                 offset: r.offset,
                             });
-                        } else if r.offset > previous + 1 {
-                            let skipped: Vec<i64> = read_offsets
-                                .get(&tp)
-                                .map(|offsets| {
-                                    offsets
-                                        .range(previous + 1..r.offset)
-                                        .take(MAX_LISTED_SKIPPED_OFFSETS)
-                                        .copied()
-                                        .collect()
-                                })
-                                .unwrap_or_default();
+                        } else {
+                            let skipped =
+                                offsets_between(read_offsets, &tp, previous + 1, r.offset);
                             if !skipped.is_empty() {
                                 out.push(Anomaly::SkippedPoll {
                                     process: event.process,
@@ -632,7 +837,7 @@ fn check_polls(
                     positions.insert(tp, r.offset);
                 }
             }
-            Op::Send(_) => {}
+            Op::Send(_) | Op::Nemesis { .. } | Op::Commit { .. } => {}
         }
     }
 }

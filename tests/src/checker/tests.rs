@@ -3,10 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use super::history::{AssignedPartition, Event, EventType, History, Op, Record};
-use super::queue::{check, AnomalyKind, Report};
+use std::time::Duration;
+
+use super::availability::Recovery;
+use super::history::{AssignedPartition, Event, EventType, History, NemesisAction, Op, Record};
+use super::queue::{check, check_with, AnomalyKind, CheckOptions, Report};
 
 const FINAL: u64 = 99;
+/// The recovery bound of every check here.
+const BOUND: Duration = Duration::from_secs(30);
+const OPTIONS: CheckOptions = CheckOptions {
+    recovery_bound: Some(BOUND),
+};
 
 /// Builds histories with a clock that advances by one microsecond per event.
 #[derive(Default)]
@@ -55,6 +63,49 @@ impl Builder {
         ));
     }
 
+    /// A rebalance of `group` handing `tp` to `process`.
+    fn group_assign(&mut self, process: u64, group: &str, tp: (&str, i32)) {
+        let t = self.tick();
+        self.push(Event::group_assign(
+            process,
+            t,
+            group,
+            vec![AssignedPartition::new(tp.0, tp.1, -1)],
+        ));
+    }
+
+    /// A rebalance of `group` taking `tp` from `process`.
+    fn revoke(&mut self, process: u64, group: &str, tp: (&str, i32)) {
+        let t = self.tick();
+        self.push(Event::revoke(
+            process,
+            t,
+            group,
+            vec![AssignedPartition::new(tp.0, tp.1, -1)],
+        ));
+    }
+
+    /// A commit of `offset` for `tp` by `process`, invoked and completed as `outcome`.
+    fn commit(
+        &mut self,
+        process: u64,
+        group: &str,
+        tp: (&str, i32),
+        offset: i64,
+        outcome: EventType,
+    ) {
+        for event_type in [EventType::Invoke, outcome] {
+            let t = self.tick();
+            self.push(Event::commit(
+                process,
+                t,
+                event_type,
+                group,
+                vec![AssignedPartition::new(tp.0, tp.1, offset)],
+            ));
+        }
+    }
+
     /// One poll returning `(offset, value)` records of `tp`.
     fn read(&mut self, process: u64, tp: (&str, i32), records: &[(i64, u64)], final_read: bool) {
         let t = self.tick();
@@ -73,8 +124,18 @@ impl Builder {
         self.read(FINAL, tp, records, true);
     }
 
+    /// Moves the clock forward by `d`.
+    fn wait(&mut self, d: Duration) {
+        self.time_ns += d.as_nanos() as u64;
+    }
+
+    fn nemesis(&mut self, action: NemesisAction, fault: &str) {
+        let t = self.tick();
+        self.push(Event::nemesis(t, action, fault, "planted"));
+    }
+
     fn check(&self) -> Report {
-        check(&self.history)
+        check_with(&self.history, &OPTIONS)
     }
 }
 
@@ -131,6 +192,22 @@ fn acked_write_missing_from_final_read_is_lost() {
     let text = report.to_string();
     assert!(text.contains("value 2 acked at t/0:1"), "{text}");
     assert_eq!(text.lines().last(), Some("anomalies: 1"), "{text}");
+}
+
+#[test]
+fn acks_without_an_offset_are_checked_for_loss_but_not_for_position() {
+    let mut b = Builder::default();
+    b.sent(1, T0, 1, 0);
+    b.sent(1, T0, 2, -1);
+    b.sent(1, T0, 3, -1);
+    b.final_read(T0, &[(0, 1), (1, 2)]);
+    let report = b.check();
+    assert_only(&report, AnomalyKind::LostWrite, 1);
+    assert_eq!(report.acks_without_offset, 2);
+    assert!(
+        report.to_string().contains("value 3 acked at t/0:-1"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -300,6 +377,114 @@ fn assign_of_another_partition_does_not_reset_this_one() {
     assert_only(&b.check(), AnomalyKind::NonmonotonicPoll, 1);
 }
 
+/// Five records in T0 read by member 10 of group g, which commits `committed` and
+/// loses the partition to member 11.
+fn handed_over(committed: i64, outcome: EventType) -> Builder {
+    let mut b = Builder::default();
+    for v in 0..5 {
+        b.sent(1, T0, v + 1, v as i64);
+    }
+    b.group_assign(10, "g", T0);
+    b.read(10, T0, &[(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)], false);
+    b.commit(10, "g", T0, committed, outcome);
+    b.revoke(10, "g", T0);
+    b.group_assign(11, "g", T0);
+    b
+}
+
+const FIVE: [(i64, u64); 5] = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)];
+
+#[test]
+fn a_new_member_starting_at_the_committed_offset_or_below_an_uncertain_one_is_fine() {
+    // Re-reading what the previous owner read but did not commit is a rebalance,
+    // not a nonmonotonic poll.
+    let mut b = handed_over(3, EventType::Ok);
+    b.read(11, T0, &[(3, 4), (4, 5)], false);
+    b.final_read(T0, &FIVE);
+    assert_clean(&b.check());
+    // A commit of unknown outcome may or may not have been applied.
+    let mut b = handed_over(5, EventType::Info);
+    b.read(11, T0, &[(2, 3), (3, 4)], false);
+    b.final_read(T0, &FIVE);
+    assert_clean(&b.check());
+}
+
+#[test]
+fn a_new_member_starting_below_an_acknowledged_commit_is_lost_commit() {
+    let mut b = handed_over(4, EventType::Ok);
+    b.read(11, T0, &[(2, 3), (3, 4), (4, 5)], false);
+    b.final_read(T0, &FIVE);
+    let report = b.check();
+    assert_only(&report, AnomalyKind::LostCommit, 1);
+    assert!(
+        report.to_string().contains("started at 2 below offset 4"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_last_acknowledged_commit_not_the_highest_is_the_committed_offset() {
+    // A client may commit a lower offset again; the coordinator keeps the last one.
+    let mut b = handed_over(4, EventType::Ok);
+    b.revoke(11, "g", T0);
+    b.group_assign(10, "g", T0);
+    b.commit(10, "g", T0, 2, EventType::Ok);
+    b.revoke(10, "g", T0);
+    b.group_assign(11, "g", T0);
+    b.read(11, T0, &[(2, 3), (3, 4), (4, 5)], false);
+    b.final_read(T0, &FIVE);
+    assert_clean(&b.check());
+    // After a commit of unknown outcome the committed offset is not known.
+    let mut b = handed_over(4, EventType::Ok);
+    b.commit(10, "g", T0, 1, EventType::Info);
+    b.revoke(11, "g", T0);
+    b.group_assign(12, "g", T0);
+    b.read(12, T0, &[(1, 2)], false);
+    b.final_read(T0, &FIVE);
+    assert_clean(&b.check());
+}
+
+#[test]
+fn a_new_member_starting_past_every_commit_skips() {
+    let mut b = handed_over(2, EventType::Ok);
+    b.read(11, T0, &[(4, 5)], false);
+    b.final_read(T0, &FIVE);
+    assert_only(&b.check(), AnomalyKind::SkippedPoll, 1);
+    // With no commit at all, the member starts at the log start.
+    let mut b = Builder::default();
+    b.sent(1, T0, 1, 0);
+    b.sent(1, T0, 2, 1);
+    b.read(12, T0, &[(0, 1)], false);
+    b.group_assign(11, "g", T0);
+    b.read(11, T0, &[(1, 2)], false);
+    b.final_read(T0, &[(0, 1), (1, 2)]);
+    assert_only(&b.check(), AnomalyKind::SkippedPoll, 1);
+}
+
+#[test]
+fn within_one_group_assignment_polls_must_still_rise_without_gaps() {
+    let mut b = handed_over(3, EventType::Ok);
+    b.read(11, T0, &[(3, 4), (4, 5)], false);
+    b.read(11, T0, &[(3, 4)], false);
+    b.final_read(T0, &FIVE);
+    assert_only(&b.check(), AnomalyKind::NonmonotonicPoll, 1);
+    let mut b = handed_over(1, EventType::Ok);
+    b.read(11, T0, &[(1, 2), (3, 4)], false);
+    b.final_read(T0, &FIVE);
+    assert_only(&b.check(), AnomalyKind::SkippedPoll, 1);
+}
+
+#[test]
+fn records_after_a_revoke_are_not_checked_against_the_old_position() {
+    // Member 10 loses T0, gets it back, and starts at the committed offset again.
+    let mut b = handed_over(3, EventType::Ok);
+    b.revoke(11, "g", T0);
+    b.group_assign(10, "g", T0);
+    b.read(10, T0, &[(3, 4)], false);
+    b.final_read(T0, &FIVE);
+    assert_clean(&b.check());
+}
+
 #[test]
 fn jsonl_round_trips_every_event_kind() {
     let mut b = Builder::default();
@@ -308,6 +493,10 @@ fn jsonl_round_trips_every_event_kind() {
     b.sent_fail(2, T0, 3);
     b.assign(10, T0, -1);
     b.read(10, T0, &[(0, 1)], false);
+    b.group_assign(11, "g", T0);
+    b.commit(11, "g", T0, 1, EventType::Fail);
+    b.commit(11, "g", T0, 1, EventType::Ok);
+    b.revoke(11, "g", T0);
     let t = b.tick();
     b.push(Event {
         process: 10,
@@ -601,6 +790,25 @@ fn plant(kind: AnomalyKind, rng: &mut Rng, b: &mut Builder, logs: &Logs, fresh_v
                 false,
             );
         }
+        AnomalyKind::LostCommit => {
+            // A commit acknowledged at the log's end, then a member handed the
+            // partition that starts at the first record again.
+            let tp = tp_with_records(rng, logs, 1);
+            let records = records_of(logs, &tp);
+            let end = records[records.len() - 1].0 + 1;
+            b.commit(PLANT_PROCESS, "planted", (&tp.0, tp.1), end, EventType::Ok);
+            b.group_assign(PLANT_PROCESS + 1, "planted", (&tp.0, tp.1));
+            b.read(PLANT_PROCESS + 1, (&tp.0, tp.1), &[records[0]], false);
+        }
+        AnomalyKind::SlowRecovery => {
+            // A fault at the end after which nothing is acknowledged for longer than
+            // the bound: the only send after the heal has an unknown outcome.
+            let tp = tp_with_records(rng, logs, 0);
+            b.nemesis(NemesisAction::Start, "kill");
+            b.nemesis(NemesisAction::Heal, "kill");
+            b.wait(BOUND + Duration::from_secs(1));
+            b.sent_info(PLANT_PROCESS, (&tp.0, tp.1), fresh_value);
+        }
         AnomalyKind::SkippedPoll => {
             let tp = tp_with_records(rng, logs, 3);
             let records = records_of(logs, &tp);
@@ -633,7 +841,7 @@ fn random_clean_histories_pass_and_each_planted_anomaly_is_found_alone() {
         assert!(report.final_read_values > 0, "seed {seed}");
         // The history file format carries everything the checker needs.
         let reparsed = History::parse_jsonl(&clean.history.to_jsonl()).expect("round trip");
-        assert_eq!(check(&reparsed), report, "seed {seed}");
+        assert_eq!(check_with(&reparsed, &OPTIONS), report, "seed {seed}");
 
         for kind in AnomalyKind::ALL {
             let mut planted = Builder {
@@ -659,4 +867,107 @@ fn random_clean_histories_pass_and_each_planted_anomaly_is_found_alone() {
             );
         }
     }
+}
+
+/// A clean history with one fault: sends to both partitions before, none acknowledged
+/// during, and acknowledgements resuming `t0_after` and `t1_after` after the heal.
+fn one_fault(t0_after: Duration, t1_after: Duration) -> Builder {
+    let mut b = Builder::default();
+    b.sent(1, T0, 1, 0);
+    b.sent(1, T1, 2, 0);
+    b.nemesis(NemesisAction::Start, "partition");
+    b.sent_info(1, T0, 3);
+    b.wait(Duration::from_secs(5));
+    b.nemesis(NemesisAction::Heal, "partition");
+    let heal = b.time_ns;
+    let (first, second) = if t0_after <= t1_after {
+        ((T0, t0_after, 4), (T1, t1_after, 5))
+    } else {
+        ((T1, t1_after, 5), (T0, t0_after, 4))
+    };
+    for (tp, after, value) in [first, second] {
+        let t = b.tick();
+        b.push(Event::send_invoke(2, t, tp.0, tp.1, value));
+        b.time_ns = heal + after.as_nanos() as u64;
+        let t = b.tick();
+        b.push(Event::send_ok(2, t, tp.0, tp.1, value, 1));
+    }
+    b.final_read(T0, &[(0, 1), (1, 4)]);
+    b.final_read(T1, &[(0, 2), (1, 5)]);
+    b
+}
+
+#[test]
+fn recovery_is_the_slowest_partitions_first_ack_after_the_heal() {
+    let b = one_fault(Duration::from_secs(2), Duration::from_secs(7));
+    let report = b.check();
+    assert_clean(&report);
+    let windows = &report.availability.windows;
+    assert_eq!(windows.len(), 1);
+    let w = &windows[0];
+    assert_eq!(w.fault, "partition");
+    assert!(w.healed);
+    assert_eq!((w.sends.invoked, w.sends.ok, w.sends.info), (1, 0, 1));
+    assert_eq!(w.sends.ok_share(), Some(0.0));
+    match &w.recovery {
+        Recovery::Recovered { after, slowest } => {
+            assert!(
+                *after >= Duration::from_secs(7) && *after < Duration::from_secs(8),
+                "{after:?}"
+            );
+            assert_eq!(slowest, &("t".to_string(), 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.availability.baseline.invoked, 4);
+    let text = report.to_string();
+    assert!(text.contains("fault 1 partition at"), "{text}");
+    assert!(text.contains("slowest t/1"), "{text}");
+}
+
+#[test]
+fn partition_unwritable_longer_than_the_bound_after_the_heal_is_slow_recovery() {
+    let b = one_fault(Duration::from_secs(1), BOUND + Duration::from_secs(5));
+    let report = b.check();
+    assert_only(&report, AnomalyKind::SlowRecovery, 1);
+    let text = report.to_string();
+    assert!(text.contains("t/1 acknowledged no write for 35"), "{text}");
+    // Without a bound the same history passes.
+    assert!(check(&b.history).is_clean());
+}
+
+#[test]
+fn recovery_cut_short_by_the_next_fault_is_undetermined_not_an_anomaly() {
+    let mut b = Builder::default();
+    b.sent(1, T0, 1, 0);
+    b.nemesis(NemesisAction::Start, "kill");
+    b.nemesis(NemesisAction::Heal, "kill");
+    b.wait(Duration::from_secs(3));
+    b.nemesis(NemesisAction::Start, "pause");
+    b.wait(Duration::from_secs(3));
+    b.nemesis(NemesisAction::Heal, "pause");
+    b.sent(1, T0, 2, 1);
+    b.final_read(T0, &[(0, 1), (1, 2)]);
+    let report = b.check();
+    assert_clean(&report);
+    let windows = &report.availability.windows;
+    assert!(
+        matches!(&windows[0].recovery, Recovery::Undetermined { unrecovered, .. } if unrecovered.len() == 1),
+        "{:?}",
+        windows[0]
+    );
+    assert!(matches!(windows[1].recovery, Recovery::Recovered { .. }));
+}
+
+#[test]
+fn nemesis_events_round_trip_and_do_not_disturb_the_queue_checks() {
+    let b = one_fault(Duration::from_secs(1), Duration::from_secs(1));
+    let text = b.history.to_jsonl();
+    assert!(
+        text.contains(r#""f":"nemesis""#) && text.contains(r#""action":"heal""#),
+        "{text}"
+    );
+    let parsed = History::parse_jsonl(&text).unwrap();
+    assert_eq!(parsed, b.history);
+    assert_eq!(check_with(&parsed, &OPTIONS), b.check());
 }
