@@ -17,6 +17,7 @@ use crate::group::state::GroupLimits;
 use crate::group::{CoordinatorConfig, GroupCoordinator};
 use crate::replication::ReplicaManager;
 use crate::txn::producer_ids::ProducerIdAllocator;
+use crate::txn::refusals::RecentRefusals;
 
 /// How long a controller request waits when the client gave no timeout.
 pub const DEFAULT_CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,6 +42,8 @@ pub struct Broker {
     pub fetch_sessions: FetchSessionCache,
     /// Producer ids for InitProducerId.
     pub producer_ids: ProducerIdAllocator,
+    /// Idempotent batches refused before their append, for the gaps they leave.
+    pub refusals: RecentRefusals,
     /// This broker's session with the controller.
     pub session: Session,
     /// The consumer group coordinator.
@@ -68,6 +71,7 @@ impl Broker {
             replicas,
             fetch_sessions: FetchSessionCache::new(slots),
             producer_ids: ProducerIdAllocator::default(),
+            refusals: RecentRefusals::default(),
             session: Session::default(),
             groups,
             broker_epoch: AtomicI64::new(-1),

@@ -14,7 +14,7 @@
 //! retries (an idempotent producer's retry is recognised as a duplicate).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
@@ -22,7 +22,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
-use keel_storage::LeaderAppend;
+use keel_storage::{AppendError, LeaderAppend};
 
 use super::{encode, produce_legacy, sb, Pending, Reply};
 use crate::broker::Broker;
@@ -93,13 +93,26 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 partitions.push(fail(resp, err));
                 continue;
             };
+            let hint = LeaderIdAndEpoch::default()
+                .with_leader_id(meta.leader.into())
+                .with_leader_epoch(meta.leader_epoch);
+            // A refusal before the append: the batch's successors may arrive once the
+            // condition has cleared (see `txn::refusals`).
+            let refused_batches = data.records.clone(); // a reference count, not a copy
+            let refuse = |resp: PartitionProduceResponse, e: ResponseError| {
+                if let Some(records) = &refused_batches {
+                    broker
+                        .refusals
+                        .note(&name, data.index, records, e, Instant::now());
+                }
+                fail(resp, e)
+            };
             let replica = broker.replicas.get_by_name(&name, data.index);
             let Some(replica) = replica.filter(|r| r.is_leader()) else {
-                let hint = LeaderIdAndEpoch::default()
-                    .with_leader_id(meta.leader.into())
-                    .with_leader_epoch(meta.leader_epoch);
-                partitions
-                    .push(fail(resp, ResponseError::NotLeaderOrFollower).with_current_leader(hint));
+                partitions.push(
+                    refuse(resp, ResponseError::NotLeaderOrFollower)
+                        .with_current_leader(hint.clone()),
+                );
                 continue;
             };
             let Some(records) = data.records.filter(|r| !r.is_empty()) else {
@@ -111,18 +124,17 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 continue;
             };
             if acks == ACKS_ALL && !replica.has_min_insync() {
-                partitions.push(fail(resp, ResponseError::NotEnoughReplicas));
+                partitions.push(refuse(resp, ResponseError::NotEnoughReplicas));
                 continue;
             }
             // Written straight from the request frame: the storage layer writes the
             // patched headers (offsets, leader epoch) next to the rest of each batch,
             // so the bytes are not copied and no record is decoded.
             let Some(appended) = replica.append_as_leader(&records, now) else {
-                let hint = LeaderIdAndEpoch::default()
-                    .with_leader_id(meta.leader.into())
-                    .with_leader_epoch(meta.leader_epoch);
-                partitions
-                    .push(fail(resp, ResponseError::NotLeaderOrFollower).with_current_leader(hint));
+                partitions.push(
+                    refuse(resp, ResponseError::NotLeaderOrFollower)
+                        .with_current_leader(hint.clone()),
+                );
                 continue;
             };
             if let Ok(LeaderAppend::Duplicate(info)) = &appended {
@@ -150,6 +162,21 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                     }
                 }
                 Err(e) => {
+                    if let Some(refused) = refused_gap(&broker, &name, data.index, &e) {
+                        // The batch the gap skips was refused here moments ago; the
+                        // client resends it, then this one (see `txn::refusals`).
+                        tracing::info!(
+                            topic = %name,
+                            partition = data.index,
+                            "{e}: the skipped batch was refused here, answered {refused:?}"
+                        );
+                        resp = resp.with_error_code(refused.code());
+                        if refused == ResponseError::NotLeaderOrFollower {
+                            resp = resp.with_current_leader(hint.clone());
+                        }
+                        partitions.push(resp);
+                        continue;
+                    }
                     let (code, message) = errors::append_error(&e);
                     if e.is_producer_state_violation() {
                         // Rare and decisive for idempotent clients (librdkafka bumps its
@@ -209,6 +236,33 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
         }
         reply(&ctx, ProduceResponse::default().with_responses(responses))
     })
+}
+
+/// The retriable error to answer instead of OUT_OF_ORDER_SEQUENCE_NUMBER when the
+/// sequence the batch skipped is that of a batch this broker just refused.
+fn refused_gap(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    e: &AppendError,
+) -> Option<ResponseError> {
+    let AppendError::OutOfOrderSequence {
+        producer_id,
+        epoch,
+        expected,
+        ..
+    } = *e
+    else {
+        return None;
+    };
+    broker.refusals.explains_gap(
+        topic,
+        partition,
+        producer_id,
+        epoch,
+        expected,
+        Instant::now(),
+    )
 }
 
 /// Encodes the response, through `produce_legacy` for v0–v2.

@@ -290,6 +290,119 @@ fn producer_forgotten_by_expiration_continues_its_sequence() {
     });
 }
 
+/// A batch refused before its append (here NOT_ENOUGH_REPLICAS while the ISR is below
+/// `min.insync.replicas`) leaves a gap its pipelined successor arrives over once the
+/// condition has cleared. That successor gets the refusal's retriable error, not
+/// OUT_OF_ORDER_SEQUENCE_NUMBER (which makes librdkafka bump its epoch and resend
+/// written messages as new ones); the client's in-order retry then writes both. A gap
+/// no refusal explains is still out of order.
+#[test]
+fn gap_over_a_refused_batch_is_retriable_not_out_of_order() {
+    const NOT_ENOUGH_REPLICAS: i16 = 19;
+    const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    let node = KeelNode::start(&[]).unwrap();
+    let topic = "gap";
+    let (pid, epoch) = block_on(async {
+        create_topic(&node.addr, topic, 1).await;
+        let mut c = KafkaClient::connect(&node.addr, "gap").await.unwrap();
+        init_producer_id(&mut c).await
+    });
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = |n: usize| {
+        BatchBuilder::new(RECORDS_PER_BATCH, 16)
+            .producer(pid, epoch, (n * RECORDS_PER_BATCH) as i32)
+            .timestamp(created_ms)
+            .fill(n as u8)
+            .build()
+    };
+    let offset_of = |n: usize| (n * RECORDS_PER_BATCH) as i64;
+    let set_min_insync = |n: &str| {
+        let out = Command::new(keel_tests::node::keel_binary())
+            .args([
+                "topics",
+                "--bootstrap-server",
+                &node.addr,
+                "alter",
+                "--topic",
+                topic,
+            ])
+            .args(["--config", &format!("min.insync.replicas={n}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "alter: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Waits until an acks=all write without a producer id gets `code` (the config
+    // change has reached the partition); such writes leave no producer state.
+    let wait_for_acks_all = |code: i16| {
+        block_on(async {
+            let mut c = KafkaClient::connect(&node.addr, "gap-probe").await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let probe = BatchBuilder::new(1, 4).timestamp(created_ms).build();
+                let (got, _) = produce(&mut c, topic, &probe).await;
+                if got == code {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "acks=all probe never got {code}, last {got}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // One runtime for the producer's connection, which lives across the steps.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = rt
+        .block_on(KafkaClient::connect(&node.addr, "gap"))
+        .unwrap();
+    assert_eq!(rt.block_on(produce(&mut c, topic, &batch(0))), (0, 0));
+    set_min_insync("2");
+    wait_for_acks_all(NOT_ENOUGH_REPLICAS);
+    let (code, _) = rt.block_on(produce(&mut c, topic, &batch(1)));
+    assert_eq!(
+        code, NOT_ENOUGH_REPLICAS,
+        "batch 1 refused below min.insync.replicas"
+    );
+    set_min_insync("1");
+    wait_for_acks_all(0);
+    let (code, _) = rt.block_on(produce(&mut c, topic, &batch(2)));
+    assert_eq!(
+        code, NOT_ENOUGH_REPLICAS,
+        "batch 2 skips the refused batch 1: retriable, not out of order"
+    );
+    // The client's retry, in order. The probes took one offset each.
+    let (code, at1) = rt.block_on(produce(&mut c, topic, &batch(1)));
+    assert_eq!(code, 0, "batch 1 retried");
+    let (code, at2) = rt.block_on(produce(&mut c, topic, &batch(2)));
+    assert_eq!(
+        (code, at2),
+        (0, at1 + offset_of(1)),
+        "batch 2 retried after it"
+    );
+    let (code, _) = rt.block_on(produce(&mut c, topic, &batch(4)));
+    assert_eq!(
+        code, OUT_OF_ORDER_SEQUENCE_NUMBER,
+        "a gap no refusal explains (batch 3 was never sent)"
+    );
+    assert_eq!(
+        rt.block_on(produce(&mut c, topic, &batch(2))),
+        (0, at2),
+        "the last batch is still a duplicate"
+    );
+}
+
 async fn create_topic(addr: &str, topic: &str, partitions: i32) {
     let mut c = KafkaClient::connect(addr, "idempotence-admin")
         .await
