@@ -433,6 +433,31 @@ async fn connect_any(bootstrap: &str) -> anyhow::Result<KafkaClient> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no bootstrap address")))
 }
 
+/// Waits (up to `timeout`) until FindCoordinator for `group` names a coordinator.
+/// Any answer but COORDINATOR_NOT_AVAILABLE, while the broker creates
+/// `__consumer_offsets`, fails the test.
+///
+/// # Panics
+/// No coordinator within `timeout`, a failed call, or another error.
+pub async fn wait_coordinator(c: &mut KafkaClient, group: &str, timeout: Duration) {
+    const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let req =
+            FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string()));
+        let resp = c.call(&req, 3).await.expect("FindCoordinator");
+        if resp.error_code == 0 {
+            return;
+        }
+        assert_eq!(
+            resp.error_code, COORDINATOR_NOT_AVAILABLE,
+            "FindCoordinator {group}"
+        );
+        assert!(Instant::now() < deadline, "no coordinator for {group}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The broker id FindCoordinator names for `group`.
 ///
 /// # Errors

@@ -140,3 +140,17 @@ impl TopicDump {
         problems
     }
 }
+
+/// Bytes of the segment files (`*.log`) in a partition directory; 0 if it is missing.
+pub fn segment_bytes(partition_dir: &Path) -> u64 {
+    std::fs::read_dir(partition_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -10,13 +10,13 @@
 //! block 110 (127.0.110.x).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keel_tests::clients::{python, python_script, run};
 use keel_tests::cluster::{Cluster, Role};
 use keel_tests::node::{keel_binary, KeelNode};
+use keel_tests::records::segment_bytes;
 use serde_json::Value;
 
 /// Broker settings: the cleaner looks every 200 ms, and time-based rolls (the
@@ -134,20 +134,6 @@ fn dump(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Read>> {
             }
         })
         .collect())
-}
-
-/// Bytes of segment data in a partition directory.
-fn segment_bytes(partition_dir: &Path) -> u64 {
-    std::fs::read_dir(partition_dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Whether `reads` is exactly the latest acknowledged record of every key, at its

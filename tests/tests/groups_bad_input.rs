@@ -21,7 +21,11 @@ use kafka_protocol::ResponseError;
 use keel::cli::client::KafkaClient;
 use keel_storage::testing::BatchBuilder;
 use keel_tests::clients::block_on;
+use keel_tests::groups::wait_coordinator;
 use keel_tests::KeelNode;
+
+/// How long a fresh node may take to create `__consumer_offsets` and load a group.
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -36,26 +40,6 @@ const TOPIC: &str = "orders";
 
 async fn connect(node: &KeelNode) -> KafkaClient {
     KafkaClient::connect(&node.addr, "bad-input").await.unwrap()
-}
-
-/// FindCoordinator until the offsets topic exists and the node coordinates `group`.
-async fn wait_coordinator(c: &mut KafkaClient, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let resp = c
-            .call(&FindCoordinatorRequest::default().with_key(s(group)), 3)
-            .await
-            .unwrap();
-        if resp.error_code == 0 {
-            return;
-        }
-        assert_eq!(
-            resp.error_code,
-            code(ResponseError::CoordinatorNotAvailable)
-        );
-        assert!(Instant::now() < deadline, "no coordinator for {group}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn join(group: &str, member: &str, session_ms: i32, protocol_type: &str) -> JoinGroupRequest {
@@ -160,7 +144,7 @@ fn bad_group_requests_get_their_kafka_errors_and_committed_offsets_survive_them_
         .await
         .unwrap();
         let group = "bad-input-group";
-        wait_coordinator(&mut c, group).await;
+        wait_coordinator(&mut c, group, COORDINATOR_TIMEOUT).await;
 
         // Unknown coordinator key type.
         let resp = c
@@ -417,7 +401,7 @@ fn bad_group_requests_get_their_kafka_errors_and_committed_offsets_survive_them_
     block_on(async {
         let mut c = connect(&node).await;
         let group = "bad-input-group";
-        wait_coordinator(&mut c, group).await;
+        wait_coordinator(&mut c, group, COORDINATOR_TIMEOUT).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let got = fetch_offset(&mut c, group, TOPIC, 0).await;
@@ -463,7 +447,7 @@ fn a_lapsed_static_member_is_gone_for_the_next_request() {
     block_on(async {
         let mut c = connect(&node).await;
         let group = "lapsing";
-        wait_coordinator(&mut c, group).await;
+        wait_coordinator(&mut c, group, COORDINATOR_TIMEOUT).await;
         for round in 0..3 {
             let req =
                 join(group, "", SESSION_MS, "consumer").with_group_instance_id(Some(s("static-1")));
@@ -526,7 +510,7 @@ fn first_commits_of_new_memberless_groups_are_all_read_back() {
         )
         .await
         .unwrap();
-        wait_coordinator(&mut c, "g-0").await;
+        wait_coordinator(&mut c, "g-0", COORDINATOR_TIMEOUT).await;
         let mut lost = Vec::new();
         for i in 0..GROUPS {
             let group = format!("g-{i}");

@@ -3,7 +3,6 @@
 //! killed with SIGKILL and restarted, when the retry comes on a new connection and the
 //! broker has rebuilt its producer state from the log.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -114,37 +113,13 @@ fn idempotent_producer_writes_each_record_once_across_broker_kill_9() {
 
     let acked = record_lines(&acks_path);
     // Fails if an offset is read twice.
-    let stored = TopicDump::read(&node.addr, topic, PARTITIONS).unwrap().at;
-    let mut where_is: HashMap<&str, (i32, i64)> = HashMap::new();
-    for (at, value) in &stored {
-        if let Some(first) = where_is.insert(value, *at) {
-            panic!("{value} is in the log twice: at {first:?} and at {at:?}");
-        }
-    }
-    let misplaced: Vec<_> = acked
-        .iter()
-        .filter(|(p, o, v)| stored.get(&(*p, *o)) != Some(v))
-        .collect();
+    let dump = TopicDump::read(&node.addr, topic, PARTITIONS).unwrap();
+    let problems = dump.check_acked_exactly_once(&acked);
     assert!(
-        misplaced.is_empty(),
-        "{} of {} acknowledged records are not at their acknowledged offset, e.g. {:?}",
-        misplaced.len(),
-        acked.len(),
-        &misplaced[..misplaced.len().min(5)]
+        problems.is_empty(),
+        "acknowledged records not each once at their offsets: {problems:#?}"
     );
-    for p in 0..PARTITIONS as i32 {
-        let mut offsets: Vec<i64> = stored
-            .keys()
-            .filter(|(q, _)| *q == p)
-            .map(|(_, o)| *o)
-            .collect();
-        offsets.sort();
-        assert_eq!(
-            offsets,
-            (0..offsets.len() as i64).collect::<Vec<_>>(),
-            "partition {p} offsets are dense"
-        );
-    }
+    let stored = dump.at;
     let failures = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(
         !failures.contains("failed "),
@@ -173,26 +148,7 @@ fn idempotent_producer_writes_each_record_once_across_broker_kill_9() {
 fn retried_idempotent_batch_is_answered_with_its_original_offset() {
     let mut node = KeelNode::start(&[]).unwrap();
     let topic = "dedup";
-    let (pid, epoch) = block_on(async {
-        create_topic(&node.addr, topic, 1).await;
-        let mut c = KafkaClient::connect(&node.addr, "dedup").await.unwrap();
-        init_producer_id(&mut c).await
-    });
-    // Batch `n` of the producer: sequences 5n..5n+4, distinct contents. Timestamps are
-    // current: like Kafka, keel forgets producers whose last batch is older than
-    // producer.id.expiration.ms, and a forgotten producer's retry is not a duplicate.
-    let created_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let batch = |n: usize| {
-        BatchBuilder::new(RECORDS_PER_BATCH, 16)
-            .producer(pid, epoch, (n * RECORDS_PER_BATCH) as i32)
-            .timestamp(created_ms)
-            .fill(n as u8)
-            .build()
-    };
-    let offset_of = |n: usize| (n * RECORDS_PER_BATCH) as i64;
+    let batch = new_producer(&node.addr, topic);
 
     block_on(async {
         let mut c = KafkaClient::connect(&node.addr, "dedup").await.unwrap();
@@ -302,23 +258,7 @@ fn gap_over_a_refused_batch_is_retriable_not_out_of_order() {
     const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     let node = KeelNode::start(&[]).unwrap();
     let topic = "gap";
-    let (pid, epoch) = block_on(async {
-        create_topic(&node.addr, topic, 1).await;
-        let mut c = KafkaClient::connect(&node.addr, "gap").await.unwrap();
-        init_producer_id(&mut c).await
-    });
-    let created_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let batch = |n: usize| {
-        BatchBuilder::new(RECORDS_PER_BATCH, 16)
-            .producer(pid, epoch, (n * RECORDS_PER_BATCH) as i32)
-            .timestamp(created_ms)
-            .fill(n as u8)
-            .build()
-    };
-    let offset_of = |n: usize| (n * RECORDS_PER_BATCH) as i64;
+    let batch = new_producer(&node.addr, topic);
     let set_min_insync = |n: &str| {
         let out = Command::new(keel_tests::node::keel_binary())
             .args([
@@ -345,7 +285,7 @@ fn gap_over_a_refused_batch_is_retriable_not_out_of_order() {
             let mut c = KafkaClient::connect(&node.addr, "gap-probe").await.unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let probe = BatchBuilder::new(1, 4).timestamp(created_ms).build();
+                let probe = BatchBuilder::new(1, 4).timestamp(now_ms()).build();
                 let (got, _) = produce(&mut c, topic, &probe).await;
                 if got == code {
                     return;
@@ -401,6 +341,38 @@ fn gap_over_a_refused_batch_is_retriable_not_out_of_order() {
         (0, at2),
         "the last batch is still a duplicate"
     );
+}
+
+/// Creates `topic` (one partition) and a producer id; returns its batch `n`: sequences
+/// 5n..5n+4, distinct contents. Timestamps are current: like Kafka, keel forgets
+/// producers whose last batch is older than producer.id.expiration.ms, and a forgotten
+/// producer's retry is not a duplicate.
+fn new_producer(addr: &str, topic: &str) -> impl Fn(usize) -> Vec<u8> {
+    let (pid, epoch) = block_on(async {
+        create_topic(addr, topic, 1).await;
+        let mut c = KafkaClient::connect(addr, topic).await.unwrap();
+        init_producer_id(&mut c).await
+    });
+    let created_ms = now_ms();
+    move |n| {
+        BatchBuilder::new(RECORDS_PER_BATCH, 16)
+            .producer(pid, epoch, (n * RECORDS_PER_BATCH) as i32)
+            .timestamp(created_ms)
+            .fill(n as u8)
+            .build()
+    }
+}
+
+/// The offset batch `n` of a producer takes when its batches are the only ones.
+fn offset_of(n: usize) -> i64 {
+    (n * RECORDS_PER_BATCH) as i64
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 async fn create_topic(addr: &str, topic: &str, partitions: i32) {

@@ -3,7 +3,6 @@
 //! about one record per key, and after a SIGKILL the coordinator reloads every latest
 //! commit (and no offset of a deleted group) from that compacted log.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::offset_commit_request::{
@@ -11,12 +10,14 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, FindCoordinatorRequest, GroupId, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, TopicName,
+    DeleteGroupsRequest, GroupId, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use keel::cli::client::KafkaClient;
 use keel_tests::clients::block_on;
+use keel_tests::groups::wait_coordinator;
+use keel_tests::records::segment_bytes;
 use keel_tests::KeelNode;
 
 const TOPIC: &str = "orders";
@@ -51,36 +52,6 @@ fn commit(group: &str, offset: i64, metadata: &str) -> OffsetCommitRequest {
                     })
                     .collect(),
             )])
-}
-
-/// Bytes in the offsets partition's segment files.
-fn offsets_log_bytes(data_dir: &Path) -> u64 {
-    let dir = data_dir.join("__consumer_offsets-0");
-    std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-async fn wait_coordinator(c: &mut KafkaClient, group: &str) {
-    let deadline = Instant::now() + COORDINATOR_TIMEOUT;
-    loop {
-        let resp = c
-            .call(&FindCoordinatorRequest::default().with_key(s(group)), 3)
-            .await
-            .unwrap();
-        if resp.error_code == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no coordinator for {group}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// (error, offset, metadata) per partition, retrying while the coordinator loads.
@@ -147,7 +118,7 @@ fn compacted_offsets_topic_keeps_the_latest_commits_across_a_kill_9() {
         )
         .await
         .unwrap();
-        wait_coordinator(&mut c, kept).await;
+        wait_coordinator(&mut c, kept, COORDINATOR_TIMEOUT).await;
         for round in 0..ROUNDS {
             for group in [kept, deleted] {
                 let resp = c
@@ -167,7 +138,7 @@ fn compacted_offsets_topic_keeps_the_latest_commits_across_a_kill_9() {
             .await
             .unwrap();
         assert_eq!(resp.results[0].error_code, 0, "{resp:?}");
-        offsets_log_bytes(&node.data_dir)
+        segment_bytes(&node.data_dir.join("__consumer_offsets-0"))
     });
     // 2 groups × 4 partitions × 400 rounds of ~100-byte records: many segments.
     assert!(peak > 8 * 8192, "only {peak} bytes in the offsets log");
@@ -176,7 +147,7 @@ fn compacted_offsets_topic_keeps_the_latest_commits_across_a_kill_9() {
     // the active segment stays as it is, so a bound above one segment is the goal.
     let deadline = Instant::now() + COMPACTION_TIMEOUT;
     let compacted = loop {
-        let now = offsets_log_bytes(&node.data_dir);
+        let now = segment_bytes(&node.data_dir.join("__consumer_offsets-0"));
         if now < peak / 4 {
             break now;
         }
@@ -195,7 +166,7 @@ fn compacted_offsets_topic_keeps_the_latest_commits_across_a_kill_9() {
         let mut c = KafkaClient::connect(&node.addr, "offsets-compaction")
             .await
             .unwrap();
-        wait_coordinator(&mut c, kept).await;
+        wait_coordinator(&mut c, kept, COORDINATOR_TIMEOUT).await;
         let last = ROUNDS - 1;
         let offsets = fetch(&mut c, kept).await;
         for (p, got) in offsets.iter().enumerate() {
