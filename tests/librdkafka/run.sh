@@ -23,6 +23,9 @@
 #                    adds a line per request with its API, version and client id)
 #   LRK_FULL=1       run every test in full mode (without -Q: more messages, slower)
 #   LRK_KEEP_DIR=1   keep the broker's data directory and log after the run
+#   LRK_SRC_DIR=DIR  run the tests of another librdkafka source tree, already built
+#                    (`./configure && make libs && make -C tests build`), instead of
+#                    Debian's 2.0.2 (docs/COMPATIBILITY.md: client bugs of 2.0.2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -32,7 +35,7 @@ KEEL_BIN=${KEEL_BIN:-$TARGET_DIR/release/keel}
 LIBRDKAFKA_VERSION=2.0.2
 LIBRDKAFKA_DEB_VERSION=2.0.2-1
 SUITE_DIR=$TARGET_DIR/librdkafka-suite
-SRC_DIR=$SUITE_DIR/librdkafka-$LIBRDKAFKA_VERSION
+SRC_DIR=${LRK_SRC_DIR:-$SUITE_DIR/librdkafka-$LIBRDKAFKA_VERSION}
 BUILT_STAMP=$SUITE_DIR/.built-$LIBRDKAFKA_DEB_VERSION
 BUILD_DEPS=(liblz4-dev libsasl2-dev libzstd-dev rapidjson-dev dpkg-dev)
 
@@ -51,13 +54,24 @@ EXPECTED_PASS+=,0081/ListConsumerGroups,0081/DescribeConsumerGroups,0081/DeleteG
 EXPECTED_PASS+=,0081/DeleteConsumerGroupOffsets
 EXPECTED_PASS_LOCAL=0004
 # Tests whose broker sub-tests are skipped in quick mode (-Q): run in full mode.
-FULL_MODE=0022,0018,0019
+FULL_MODE=0022,0018,0019,0102,0113
 # Against the 3-node cluster: the produce/consume/offsets set again, 0090 (idempotence,
 # read back through a consumer group), the consumer-group tests, and the produce set
 # with -P (every producer idempotent).
 EXPECTED_PASS_CLUSTER=0001,0002,0003,0005,0011,0012,0013,0015,0017,0022,0031,0034,0048,0054,0070,0073
 EXPECTED_PASS_CLUSTER+=,0090
-EXPECTED_PASS_CLUSTER+=,0018,0019,0030,0033,0050,0051,0056,0089,0091,0102,0113,0118
+EXPECTED_PASS_CLUSTER+=,0018,0019,0030,0033,0050,0051,0056,0089,0091,0102,0118
+# 0113 (cooperative rebalancing) in full mode, sub-test by sub-test: quick mode skips all
+# but the first. Left out, with the reason in docs/COMPATIBILITY.md: h, i, j and n
+# (librdkafka 2.0.2 hangs destroying a consumer after a topic deletion, its #4187),
+# u (the 2.0.2 client crashes), o (needs a Java client).
+for sub in a_assign_tests b_subscribe_with_cb_test c_subscribe_no_cb_test \
+    d_change_subscription_add_topic e_change_subscription_remove_topic \
+    f_assign_call_cooperative g_incremental_assign_call_eager k_add_partition \
+    l_unsubscribe m_unsubscribe_2 s_subscribe_when_rebalancing \
+    t_max_poll_interval_exceeded v_commit_during_rebalance x_incremental_rebalances; do
+    EXPECTED_PASS_CLUSTER+=,0113/$sub
+done
 EXPECTED_PASS_CLUSTER_IDEMPOTENT=0001,0002,0003,0005,0011,0012,0013,0022,0034,0048
 CLUSTER_IPS=(127.0.0.72 127.0.0.73 127.0.0.74)
 CLUSTER_CLIENT_PORT=19092
@@ -113,6 +127,11 @@ install_build_deps() {
 }
 
 build_suite() {
+    if [ -n "${LRK_SRC_DIR:-}" ]; then
+        [ -x "$SRC_DIR/tests/test-runner" ] && return
+        echo "tests/librdkafka/run.sh: $SRC_DIR/tests/test-runner missing: build that tree first" >&2
+        exit 1
+    fi
     [ -f "$BUILT_STAMP" ] && [ -x "$SRC_DIR/tests/test-runner" ] && return
     ensure_deb_src
     install_build_deps
@@ -215,7 +234,10 @@ run_one() {
         # test-runner also exits 0 when its filters left nothing to run.
         grep -q "Test ${test}_[a-z0-9_]* PASSED" "$out" || verdict=SKIPPED
         if [ -n "$subtest" ]; then
-            sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -q "\[ [^ ]*${subtest}.*: PASS (" || verdict=SKIPPED
+            # (not grep -q: under pipefail, sed killed by SIGPIPE when grep stops
+            # early would turn a pass in a long log into SKIPPED)
+            sed 's/\x1b\[[0-9;]*m//g' "$out" | grep "\[ [^ ]*${subtest}.*: PASS (" >/dev/null ||
+                verdict=SKIPPED
         fi
     fi
     printf '%-7s %s %s (%d s)\n' "$verdict" "$1" "$mode_flag" "$((SECONDS - started))"
