@@ -102,6 +102,7 @@ pub const BROKER_KEYS: &[BrokerKey] = &[
     BrokerKey { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "How long the first rebalance of an empty group waits for more members to join." },
     BrokerKey { name: "group.max.size", default: "2147483647", doc: "Most members a group may have." },
     BrokerKey { name: "request.timeout.max.ms", default: "300000", doc: "Upper bound on the time a request waits (acks=all, long polls)." },
+    BrokerKey { name: "producer.sequence.gap.grace.ms", default: "60000", doc: "For this long after a broker becomes a partition's leader, an idempotent batch that skips sequences is answered NOT_LEADER_OR_FOLLOWER (retriable) instead of OUT_OF_ORDER_SEQUENCE_NUMBER: the skipped batch may still be on its way through the previous leader." },
 ];
 
 /// Errors in configuration, each naming the key or file at fault.
@@ -165,6 +166,8 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     pub recovery_point_checkpoint_interval: Duration,
     pub request_timeout_max: Duration,
+    /// How long after taking up a leadership a sequence gap is answered as retriable.
+    pub producer_sequence_gap_grace: Duration,
     /// `log.cleaner.enable`.
     pub cleaner_enable: bool,
     /// `log.cleaner.backoff.ms`.
@@ -390,6 +393,12 @@ impl BrokerConfig {
                 i64::MAX,
             )?),
             request_timeout_max: ms(parse_ranged(&raw, "request.timeout.max.ms", 1, i64::MAX)?),
+            producer_sequence_gap_grace: ms(parse_ranged(
+                &raw,
+                "producer.sequence.gap.grace.ms",
+                0,
+                i64::MAX,
+            )?),
             cleaner_enable: parse_bool(&raw, "log.cleaner.enable")?,
             cleaner_backoff: ms(parse_ranged(&raw, "log.cleaner.backoff.ms", 1, i64::MAX)?),
             cleaner_dedupe_buffer_bytes: parse_ranged(

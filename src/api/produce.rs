@@ -22,6 +22,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
+use keel_storage::batch::BatchHeader;
 use keel_storage::{AppendError, LeaderAppend};
 
 use super::{encode, produce_legacy, sb, Pending, Reply};
@@ -32,9 +33,15 @@ use crate::protocol::RequestContext;
 use crate::replication::manager::now_ms;
 use crate::replication::partition::AckOutcome;
 use crate::replication::Partition;
+use crate::txn::refusals;
 
 /// Versions served. v0–v2 go through `produce_legacy` and take magic-2 batches only.
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 11 };
+
+/// The first Produce version that may carry zstd-compressed batches (KIP-110).
+const FIRST_ZSTD_VERSION: i16 = 7;
+/// The zstd codec id in a batch's attributes.
+const ZSTD_CODEC: u8 = 4;
 
 /// acks=all: wait for every in-sync replica.
 const ACKS_ALL: i16 = -1;
@@ -123,6 +130,14 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 );
                 continue;
             };
+            if ctx.api_version < FIRST_ZSTD_VERSION && has_zstd_batch(&records) {
+                // KIP-110: clients that may send zstd use v7+; Kafka refuses it below.
+                partitions.push(
+                    fail(resp, ResponseError::UnsupportedCompressionType)
+                        .with_error_message(Some(sb("zstd needs Produce v7 or later"))),
+                );
+                continue;
+            }
             if acks == ACKS_ALL && !replica.has_min_insync() {
                 partitions.push(refuse(resp, ResponseError::NotEnoughReplicas));
                 continue;
@@ -162,13 +177,15 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                     }
                 }
                 Err(e) => {
-                    if let Some(refused) = refused_gap(&broker, &name, data.index, &e) {
-                        // The batch the gap skips was refused here moments ago; the
-                        // client resends it, then this one (see `txn::refusals`).
+                    if let Some((refused, why)) =
+                        retriable_gap(&broker, &replica, &name, data.index, &e, now)
+                    {
+                        // The batch the gap skips is still to come: the client resends
+                        // it, then this one (see `txn::refusals`).
                         tracing::info!(
                             topic = %name,
                             partition = data.index,
-                            "{e}: the skipped batch was refused here, answered {refused:?}"
+                            "{e}: {why}, answered {refused:?}"
                         );
                         resp = resp.with_error_code(refused.code());
                         if refused == ResponseError::NotLeaderOrFollower {
@@ -238,31 +255,66 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
     })
 }
 
-/// The retriable error to answer instead of OUT_OF_ORDER_SEQUENCE_NUMBER when the
-/// sequence the batch skipped is that of a batch this broker just refused.
-fn refused_gap(
+/// Whether any batch in `records` is zstd-compressed (batches that do not parse are
+/// left to the append's validation).
+fn has_zstd_batch(records: &[u8]) -> bool {
+    let mut position = 0;
+    while let Some(h) = records
+        .get(position..)
+        .and_then(|rest| BatchHeader::parse(rest).ok())
+    {
+        if h.compression() == ZSTD_CODEC {
+            return true;
+        }
+        position += h.total_bytes();
+    }
+    false
+}
+
+/// The retriable error to answer instead of OUT_OF_ORDER_SEQUENCE_NUMBER, and why,
+/// when the batch skipped sequences whose batch may still arrive: this broker refused
+/// it moments ago, or it took up the leadership so recently that the batch may still
+/// be waiting at the previous leader (`txn::refusals`).
+fn retriable_gap(
     broker: &Broker,
+    replica: &Partition,
     topic: &str,
     partition: i32,
     e: &AppendError,
-) -> Option<ResponseError> {
+    now_ms: i64,
+) -> Option<(ResponseError, &'static str)> {
     let AppendError::OutOfOrderSequence {
         producer_id,
         epoch,
         expected,
-        ..
+        received,
     } = *e
     else {
         return None;
     };
-    broker.refusals.explains_gap(
+    if !refusals::gap_is_ahead(expected, received) {
+        return None;
+    }
+    if let Some(refused) = broker.refusals.explains_gap(
         topic,
         partition,
         producer_id,
         epoch,
         expected,
         Instant::now(),
-    )
+    ) {
+        return Some((refused, "the skipped batch was refused here"));
+    }
+    let grace_ms = broker.config.producer_sequence_gap_grace.as_millis() as i64;
+    replica
+        .leading_for_ms(now_ms)
+        .filter(|led_ms| *led_ms < grace_ms)
+        .map(|_| {
+            (
+                ResponseError::NotLeaderOrFollower,
+                "leader for less than producer.sequence.gap.grace.ms",
+            )
+        })
 }
 
 /// Encodes the response, through `produce_legacy` for v0–v2.

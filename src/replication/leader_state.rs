@@ -51,6 +51,8 @@ pub struct LeaderState {
     pub lag_time_max_ms: i64,
     /// First offset written in this leader epoch (followers must reach it to join).
     pub epoch_start_offset: i64,
+    /// When this broker took up this leadership (ms).
+    pub started_ms: i64,
     /// Followers by broker id.
     pub followers: BTreeMap<i32, FollowerProgress>,
     /// Current high watermark.
@@ -102,6 +104,7 @@ impl LeaderState {
             min_insync_replicas,
             lag_time_max_ms,
             epoch_start_offset,
+            started_ms: now_ms,
             followers,
             high_watermark,
             isr_retry_after_ms: 0,

@@ -204,6 +204,15 @@ impl Partition {
         self.role().epoch()
     }
 
+    /// How long (ms) this broker has led the partition in its current leader epoch, at
+    /// `now_ms`; `None` unless it leads.
+    pub fn leading_for_ms(&self, now_ms: i64) -> Option<i64> {
+        self.repl()
+            .leader
+            .as_ref()
+            .map(|state| now_ms.saturating_sub(state.started_ms))
+    }
+
     /// The leader's state, for tests and status.
     pub fn leader_state(&self) -> Option<LeaderState> {
         self.repl().leader.clone()

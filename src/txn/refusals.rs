@@ -11,8 +11,16 @@
 //! renumbers every message it still holds, including ones whose earlier attempts were
 //! written but never acknowledged: those are then written twice. So when the sequence a
 //! gap skips is exactly that of a batch this broker refused moments ago, R2 gets the
-//! retriable error R1 got, and the client retries both in order. A gap nothing here
-//! explains is still OUT_OF_ORDER_SEQUENCE_NUMBER, as in Kafka.
+//! retriable error R1 got, and the client retries both in order.
+//!
+//! The same gap appears, without any refusal here, when R1 went to the previous leader
+//! and is still waiting there (an isolated leader keeps an acks=all request until it
+//! times out) while R2, sent after the client learnt of the new leader, reaches this
+//! one. So for `producer.sequence.gap.grace.ms` after taking up a leadership, a leader
+//! answers a gap NOT_LEADER_OR_FOLLOWER, which librdkafka retries only once every
+//! earlier request of the partition has been answered (`gap_is_ahead` and
+//! `api::produce`). A gap nothing here explains is still OUT_OF_ORDER_SEQUENCE_NUMBER,
+//! as in Kafka.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,6 +35,18 @@ pub const REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 /// Most refusals remembered at once; beyond it expired ones are dropped and, if none
 /// has expired, new ones are not remembered (the gap then gets Kafka's answer).
 pub const MAX_REMEMBERED_REFUSALS: usize = 10_000;
+
+/// Sequences wrap from `i32::MAX` to 0; a first sequence this far ahead of the expected
+/// one (or further) is taken as behind it, a retry of something old.
+const SEQUENCE_HALF_RANGE: i64 = 1 << 30;
+
+/// Whether a batch starting at sequence `received` skips sequences after `expected`
+/// (rather than repeating ones before it), sequences wrapping at `i32::MAX`.
+pub fn gap_is_ahead(expected: i32, received: i32) -> bool {
+    let span = i64::from(i32::MAX) + 1;
+    let distance = (i64::from(received) - i64::from(expected)).rem_euclid(span);
+    distance > 0 && distance < SEQUENCE_HALF_RANGE
+}
 
 /// One refused batch: what the producer will resend first.
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +207,16 @@ mod tests {
         r.note("t", 0, &batch(1, 0), ResponseError::NotLeaderOrFollower, t0);
         assert!(r.explains_gap("t", 0, PID, 1, 0, t0).is_some());
         assert_eq!(r.explains_gap("t", 0, PID, 0, 10, t0), None);
+    }
+
+    #[test]
+    fn a_gap_is_ahead_only_when_sequences_were_skipped() {
+        assert!(gap_is_ahead(5, 10));
+        assert!(gap_is_ahead(0, 7));
+        assert!(!gap_is_ahead(10, 10));
+        assert!(!gap_is_ahead(10, 5), "a rewind is not a gap");
+        assert!(gap_is_ahead(i32::MAX - 1, 3), "across the wrap");
+        assert!(!gap_is_ahead(3, i32::MAX - 1), "behind, across the wrap");
     }
 
     #[test]

@@ -564,22 +564,39 @@ pub fn walk_records(
 }
 
 /// Checks the records of an uncompressed batch (`batch` is the whole batch, header
-/// included) against its header; compressed batches are not looked into.
+/// included) against its header and returns their largest timestamp; compressed
+/// batches are not looked into (`None`).
 ///
 /// # Errors
 /// See [`walk_records`].
 pub fn validate_uncompressed_records(
     header: &BatchHeader,
     batch: &[u8],
-) -> Result<(), RecordFramingError> {
+) -> Result<Option<i64>, RecordFramingError> {
     if header.compression() != 0 || batch.len() < RECORD_BATCH_HEADER_BYTES {
-        return Ok(());
+        return Ok(None);
     }
+    let mut max_delta = i64::MIN;
     walk_records(
         &batch[RECORD_BATCH_HEADER_BYTES..],
         header.records_count,
-        |_| true,
-    )
+        |record| {
+            max_delta = max_delta.max(record.timestamp_delta);
+            true
+        },
+    )?;
+    Ok((max_delta != i64::MIN).then(|| header.base_timestamp.saturating_add(max_delta)))
+}
+
+/// Overwrites `maxTimestamp` and recomputes the CRC (it covers the timestamps).
+///
+/// # Panics
+/// If `batch` is shorter than a header.
+pub fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64) {
+    batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Overwrites `baseOffset` (outside the CRC, so the CRC stays valid).
@@ -766,7 +783,7 @@ mod tests {
             }
         );
         let h = BatchHeader::parse(&bytes).unwrap();
-        assert_eq!(validate_uncompressed_records(&h, &bytes), Ok(()));
+        assert!(validate_uncompressed_records(&h, &bytes).is_ok());
         // Stopping early visits only what was asked for.
         let mut visited = 0;
         walk_records(&bytes[RECORD_BATCH_HEADER_BYTES..], 5, |_| {
@@ -871,7 +888,7 @@ mod tests {
         b[ATTRIBUTES_OFFSET + 1] |= 4; // zstd: the record bytes are not a record walk
         b[RECORD_BATCH_HEADER_BYTES] = 1;
         let h = BatchHeader::parse(&b).unwrap();
-        assert_eq!(validate_uncompressed_records(&h, &b), Ok(()));
+        assert!(validate_uncompressed_records(&h, &b).is_ok());
     }
 
     proptest::proptest! {

@@ -187,6 +187,24 @@ pub fn inflate_records<'a>(
     })
 }
 
+/// The largest timestamp among the records of `batch` (inflated if compressed, at most
+/// `max_inflated_bytes`); `None` if it has no records.
+///
+/// # Errors
+/// See [`RecordsError`].
+pub fn records_max_timestamp(
+    header: &BatchHeader,
+    batch: &[u8],
+    max_inflated_bytes: usize,
+) -> Result<Option<i64>, RecordsError> {
+    let section = inflate_records(header, batch, max_inflated_bytes)?;
+    let records = parse_records(&section, header.records_count)?;
+    Ok(records
+        .iter()
+        .map(|r| header.base_timestamp.saturating_add(r.timestamp_delta))
+        .max())
+}
+
 /// Checks that every record of a data batch has a key (a compacted topic refuses
 /// records without one: Kafka's "Compacted topic cannot accept message without key").
 /// Control batches are not looked into.

@@ -214,6 +214,50 @@ fn log_append_time_overwrites_max_timestamp() {
     assert_eq!(base, 0);
 }
 
+/// Some clients (sarama) leave a batch's maxTimestamp at -1. Like Kafka's validator,
+/// the leader stores the records' largest timestamp there (and a CRC to match), for an
+/// uncompressed batch and a compressed one alike, so lookups by time find them; a
+/// batch whose header is right is stored as it came.
+#[test]
+fn a_batch_without_its_max_timestamp_is_stored_with_its_records_largest() {
+    let (fs, dir) = faulty_fs();
+    let (mut log, _) = open(&fs, &dir, LogConfig::default(), 0);
+    for codec in [0, 1, 3] {
+        let mut bytes = BatchBuilder::new(4, 10)
+            .timestamp(1_000)
+            .compression(codec)
+            .build();
+        keel_storage::batch::set_max_timestamp(&mut bytes, -1);
+        append(&mut log, bytes);
+    }
+    let right = BatchBuilder::new(4, 10).timestamp(2_000).build();
+    append(&mut log, right.clone());
+    let stored = read(&log, 0, usize::MAX, i64::MAX, true);
+    assert_eq!(stored.len(), 4);
+    for h in &stored[..3] {
+        assert_eq!(
+            h.max_timestamp,
+            1_003,
+            "records at 1000..=1003, codec {}",
+            h.compression()
+        );
+    }
+    assert_eq!(stored[3].max_timestamp, 2_003);
+    let find = |ts| {
+        log.find_batch_by_timestamp(ts)
+            .expect("lookup")
+            .map(|(o, _)| o)
+    };
+    assert_eq!(find(1_002), Some(0));
+    assert_eq!(find(2_000), Some(12));
+    // Whatever was patched still validates (CRC included).
+    let (_, bytes) = log
+        .find_batch_by_timestamp(1_000)
+        .expect("lookup")
+        .expect("found");
+    keel_storage::batch::validate_batches(&bytes, usize::MAX).expect("valid CRC");
+}
+
 #[test]
 fn timestamp_lookups_find_the_first_batch_at_or_after_and_the_maximum() {
     let (fs, dir) = faulty_fs();

@@ -1224,6 +1224,49 @@ fn produce_to_a_deleted_topic_gets_unknown_topic_or_partition() {
     });
 }
 
+/// zstd arrived with Produce v7 (KIP-110): like Kafka, an older Produce carrying a zstd
+/// batch gets UNSUPPORTED_COMPRESSION_TYPE and nothing is written; v7 and later store it.
+#[test]
+fn zstd_batches_in_produce_below_v7_get_unsupported_compression_type() {
+    const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    const ZSTD: u8 = 4;
+    let node = KeelNode::start(&[]).unwrap();
+    let addr = node.addr.clone();
+    block_on(async {
+        assert_eq!(create_topic(&addr, "zstd", 1, &[]).await, NONE);
+        let mut c = connect(&addr).await;
+        let zstd = BatchBuilder::new(3, 20)
+            .timestamp(now_ms())
+            .compression(ZSTD)
+            .build();
+        for version in [3, 6] {
+            let resp = c
+                .call(
+                    &produce_request("zstd", 0, Some(Bytes::from(zstd.clone())), -1),
+                    version,
+                )
+                .await
+                .unwrap();
+            let p = &resp.responses[0].partition_responses[0];
+            assert_eq!(
+                p.error_code, UNSUPPORTED_COMPRESSION_TYPE,
+                "Produce v{version}"
+            );
+        }
+        let p = produce(&mut c, "zstd", 0, &zstd).await;
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (NONE, 0),
+            "Produce v11 stores it"
+        );
+        assert_eq!(
+            list_offset(&mut c, "zstd", 0, -1).await,
+            (NONE, 3),
+            "only the v11 batch"
+        );
+    });
+}
+
 #[test]
 fn out_of_range_fields_get_their_kafka_error() {
     let node = KeelNode::start(&[]).unwrap();

@@ -35,6 +35,9 @@ const PRODUCE_VERSION: i16 = 9;
 const ACKS_ALL: i16 = -1;
 const PRODUCE_TIMEOUT_MS: i32 = 10_000;
 const RECORDS_PER_BATCH: usize = 5;
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 /// What the broker logs when it answers a retried batch with its original offset.
 const DUPLICATE_LOG_LINE: &str = "duplicate idempotent batch answered with its original offset";
 
@@ -254,9 +257,8 @@ fn producer_forgotten_by_expiration_continues_its_sequence() {
 /// no refusal explains is still out of order.
 #[test]
 fn gap_over_a_refused_batch_is_retriable_not_out_of_order() {
-    const NOT_ENOUGH_REPLICAS: i16 = 19;
-    const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-    let node = KeelNode::start(&[]).unwrap();
+    // Without the new leader's grace, so that only the refusal explains a gap.
+    let node = KeelNode::start(&["--set", "producer.sequence.gap.grace.ms=0"]).unwrap();
     let topic = "gap";
     let batch = new_producer(&node.addr, topic);
     let set_min_insync = |n: &str| {
@@ -340,6 +342,56 @@ fn gap_over_a_refused_batch_is_retriable_not_out_of_order() {
         rt.block_on(produce(&mut c, topic, &batch(2))),
         (0, at2),
         "the last batch is still a duplicate"
+    );
+}
+
+/// A leader that took up its leadership moments ago answers a sequence gap
+/// NOT_LEADER_OR_FOLLOWER: the skipped batch may still be waiting at the previous
+/// leader (an isolated one holds an acks=all request until it times out), and the
+/// client resends it, then the gap's batch, in order. Here the leadership is new
+/// because the node restarted. Once the leadership is older than
+/// `producer.sequence.gap.grace.ms`, a gap is out of order, as in Kafka.
+#[test]
+fn gap_just_after_a_leadership_change_is_retriable_not_out_of_order() {
+    const GRACE_MS: u64 = 10_000;
+    let grace = format!("producer.sequence.gap.grace.ms={GRACE_MS}");
+    let mut node = KeelNode::start(&["--set", &grace]).unwrap();
+    let topic = "new-leader";
+    let batch = new_producer(&node.addr, topic);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let produce_on_new = |node: &KeelNode, n: usize| {
+        rt.block_on(async {
+            let mut c = KafkaClient::connect(&node.addr, topic).await.unwrap();
+            produce(&mut c, topic, &batch(n)).await
+        })
+    };
+    assert_eq!(produce_on_new(&node, 0), (0, offset_of(0)));
+    node.kill9();
+    node.restart().unwrap();
+    let led_from = Instant::now();
+    let (code, _) = produce_on_new(&node, 2);
+    assert!(
+        led_from.elapsed() < Duration::from_millis(GRACE_MS),
+        "the gap must reach the leader within the grace"
+    );
+    assert_eq!(
+        code, NOT_LEADER_OR_FOLLOWER,
+        "batch 2 skips batch 1, which may still be on its way"
+    );
+    assert_eq!(
+        produce_on_new(&node, 1),
+        (0, offset_of(1)),
+        "batch 1 resent"
+    );
+    assert_eq!(produce_on_new(&node, 2), (0, offset_of(2)), "then batch 2");
+    std::thread::sleep(Duration::from_millis(GRACE_MS).saturating_sub(led_from.elapsed()));
+    let (code, _) = produce_on_new(&node, 4);
+    assert_eq!(
+        code, OUT_OF_ORDER_SEQUENCE_NUMBER,
+        "a gap after the grace (batch 3 was never sent)"
     );
 }
 

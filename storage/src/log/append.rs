@@ -6,12 +6,12 @@ use std::io;
 use std::sync::Arc;
 
 use crate::batch::{
-    set_base_offset, set_log_append_time, set_partition_leader_epoch, validate_batches,
-    validate_uncompressed_records, BatchError, BatchHeader, TimestampType,
+    set_base_offset, set_log_append_time, set_max_timestamp, set_partition_leader_epoch,
+    validate_batches, validate_uncompressed_records, BatchError, BatchHeader, TimestampType,
     RECORD_BATCH_HEADER_BYTES,
 };
 
-use crate::record::check_keys;
+use crate::record::{check_keys, records_max_timestamp};
 
 use super::compaction::MAX_COMPACTED_BATCH_INFLATED_BYTES;
 use super::error::AppendError;
@@ -154,14 +154,28 @@ impl Log {
             return Err(AppendError::InvalidRecord("no record batches".to_string()));
         }
         let mut position = 0;
-        for h in &headers {
+        // Batches whose header's maxTimestamp is not their records' largest timestamp
+        // (some clients, e.g. sarama, leave it -1): stored with the true one, as Kafka's
+        // validator sets it, so the time index and ListOffsets by timestamp find them.
+        let mut fix_max_timestamp = vec![false; headers.len()];
+        for (h, fix) in headers.iter_mut().zip(&mut fix_max_timestamp) {
             check_client_rules(h, origin)?;
             // Readers trust a stored batch's record count and lengths (Kafka refuses
             // batches whose records disagree with them, and so does keel, for the
             // batches it can read without decompressing).
             let bytes = &batches[position..position + h.total_bytes()];
-            validate_uncompressed_records(h, bytes)
+            let mut records_max = validate_uncompressed_records(h, bytes)
                 .map_err(|e| AppendError::InvalidRecord(e.to_string()))?;
+            if records_max.is_none() && h.max_timestamp < h.base_timestamp && !h.is_control() {
+                // A compressed batch whose header cannot be right (its largest
+                // timestamp below its first): only then are its records inflated.
+                records_max = records_max_timestamp(h, bytes, MAX_COMPACTED_BATCH_INFLATED_BYTES)
+                    .map_err(|e| AppendError::InvalidRecord(e.to_string()))?;
+            }
+            if let Some(records_max) = records_max.filter(|m| *m != h.max_timestamp) {
+                h.max_timestamp = records_max;
+                *fix = true;
+            }
             // Compaction keeps the latest record per key: a record without one has no
             // place in a compacted log (Kafka decompresses to check this too).
             if self.config.cleanup_policy.compact {
@@ -203,7 +217,7 @@ impl Log {
         let mut next = base_offset;
         let mut records: u32 = 0;
         let mut patched = Vec::with_capacity(headers.len());
-        for h in &mut headers {
+        for (h, fix_max_timestamp) in headers.iter_mut().zip(fix_max_timestamp) {
             let batch = &batches[position..position + h.total_bytes()];
             let p = if log_append_time {
                 // The CRC covers the timestamps: patch a copy of the whole batch.
@@ -213,6 +227,12 @@ impl Log {
                 set_log_append_time(&mut copy, now_ms);
                 h.max_timestamp = now_ms;
                 h.attributes |= LOG_APPEND_TIME_ATTRIBUTE;
+                Patched::Whole(copy)
+            } else if fix_max_timestamp {
+                let mut copy = batch.to_vec();
+                set_base_offset(&mut copy, next);
+                set_partition_leader_epoch(&mut copy, leader_epoch);
+                set_max_timestamp(&mut copy, h.max_timestamp);
                 Patched::Whole(copy)
             } else {
                 // Offsets and the leader epoch lie outside the CRC: only the header
