@@ -35,6 +35,8 @@ const FIRST_BATCHED_VERSION: i16 = 4;
 /// How long the first lookup waits for the new offsets topic's partitions to get
 /// leaders before answering COORDINATOR_NOT_AVAILABLE.
 const OFFSETS_TOPIC_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the first lookup checks whether a new offsets partition has loaded here.
+const LOAD_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Answers from the image, creating the offsets topic on first use.
 pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FindCoordinatorRequest) -> Pending {
@@ -45,8 +47,11 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FindCoordinatorRequ
         } else {
             vec![req.key.to_string()]
         };
-        if req.key_type == KEY_TYPE_GROUP {
-            ensure_offsets_topic(&broker).await;
+        if req.key_type == KEY_TYPE_GROUP && ensure_offsets_topic(&broker).await {
+            // The groups' partitions were created just now: where this broker leads one,
+            // its first JoinGroup should not meet COORDINATOR_LOAD_IN_PROGRESS (some
+            // clients, e.g. sarama 1.22, give up on it), so wait for the load too.
+            wait_loaded_here(&broker, &keys).await;
         }
         let answers: Vec<Coordinator> = keys
             .into_iter()
@@ -121,12 +126,35 @@ fn locate(broker: &Broker, key_type: i8, key: String) -> Coordinator {
     }
 }
 
+/// Waits (bounded) until this broker has loaded the offsets partition of each of
+/// `groups` that it leads.
+async fn wait_loaded_here(broker: &Broker, groups: &[String]) {
+    let deadline = tokio::time::Instant::now() + OFFSETS_TOPIC_CREATE_TIMEOUT;
+    let here = broker.config.node_id;
+    let led_here = |group: &String| {
+        let image = broker.image();
+        image.topic_by_name(OFFSETS_TOPIC).is_some_and(|t| {
+            let index = partition_for(group, t.partitions.len() as i32);
+            t.partitions.get(&index).is_some_and(|p| p.leader == here)
+        })
+    };
+    while groups
+        .iter()
+        .any(|g| led_here(g) && !broker.groups.is_ready_for(g))
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(LOAD_POLL_INTERVAL).await;
+    }
+}
+
 /// Creates `__consumer_offsets` if it does not exist, and then waits (bounded) until
-/// every partition of the new topic has a leader.
-pub async fn ensure_offsets_topic(broker: &Broker) {
+/// every partition of the new topic has a leader. Returns whether it had to create it.
+pub async fn ensure_offsets_topic(broker: &Broker) -> bool {
     let image = broker.image();
     if image.topic_by_name(OFFSETS_TOPIC).is_some() {
-        return;
+        return false;
     }
     let live = image.brokers.values().filter(|b| !b.fenced).count();
     let req = ControllerRequest::CreateTopics {
@@ -139,7 +167,7 @@ pub async fn ensure_offsets_topic(broker: &Broker) {
     {
         let (code, msg) = errors::quorum_error(&e);
         tracing::warn!("cannot create {OFFSETS_TOPIC}: {code:?} {msg}");
-        return;
+        return false;
     }
     tracing::info!("{OFFSETS_TOPIC} created (or created concurrently)");
     let deadline = tokio::time::Instant::now() + OFFSETS_TOPIC_CREATE_TIMEOUT;
@@ -150,13 +178,13 @@ pub async fn ensure_offsets_topic(broker: &Broker) {
             .topic_by_name(OFFSETS_TOPIC)
             .is_some_and(|t| t.partitions.values().all(|p| p.leader >= 0));
         if ready {
-            return;
+            return true;
         }
         if tokio::time::timeout_at(deadline, rx.changed())
             .await
             .is_err()
         {
-            return;
+            return true;
         }
     }
 }

@@ -1006,6 +1006,13 @@ impl GroupCoordinator {
             .collect()
     }
 
+    /// Whether this broker coordinates `group` and has loaded its offsets partition.
+    pub fn is_ready_for(&self, group: &str) -> bool {
+        let inner = self.lock();
+        let index = partition_for(group, inner.partitions);
+        inner.shards.get(&index).is_some_and(|s| !s.loading)
+    }
+
     /// Whether every offsets partition this broker leads is loaded.
     pub fn is_loading(&self) -> bool {
         self.lock().shards.values().any(|s| s.loading)

@@ -434,6 +434,34 @@ fn bad_group_requests_get_their_kafka_errors_and_committed_offsets_survive_them_
 /// DeleteGroups sent just after the session lapsed finds the group empty (librdkafka's
 /// 0081 DescribeConsumerGroups relies on it). The coordinator's periodic timer alone
 /// would notice up to its tick later.
+/// The FindCoordinator that creates `__consumer_offsets` on a fresh node answers once
+/// the group's partition is loaded there, so the first JoinGroup does not meet
+/// COORDINATOR_LOAD_IN_PROGRESS (sarama 1.22.1 gives up on that answer).
+#[test]
+fn the_first_join_on_a_fresh_node_finds_its_coordinator_loaded() {
+    let node = KeelNode::start(&[]).unwrap();
+    block_on(async {
+        let mut c = connect(&node).await;
+        let found = c
+            .call(&FindCoordinatorRequest::default().with_key(s("fresh")), 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            found.error_code, 0,
+            "the creating lookup names a coordinator"
+        );
+        let resp = c
+            .call(&join("fresh", "", 10_000, "consumer"), JOIN_VERSION)
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.error_code,
+            code(ResponseError::MemberIdRequired),
+            "the first join is served, not COORDINATOR_LOAD_IN_PROGRESS"
+        );
+    });
+}
+
 #[test]
 fn a_lapsed_static_member_is_gone_for_the_next_request() {
     const SESSION_MS: i32 = 1000;
