@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -99,7 +100,17 @@ struct GroupEntry {
     /// Commits appended but not yet replicated, per partition: OffsetFetch waits for
     /// them, so a new owner never resumes from an offset that is about to move.
     pending_commits: HashMap<(String, i32), u32>,
+    /// Partitions whose offsets were deleted (OffsetDelete) while a commit to them was
+    /// being replicated: the log offset of the tombstone. That commit, older in the log,
+    /// must not come back in memory when it completes. Dropped once none is pending.
+    deleted_while_pending: HashMap<(String, i32), i64>,
+    /// Tells this entry from one of the same name made after a DeleteGroups: a commit
+    /// started in the deleted group is not applied to the new one.
+    incarnation: u64,
 }
+
+/// Source of [`GroupEntry::incarnation`].
+static NEXT_INCARNATION: AtomicU64 = AtomicU64::new(0);
 
 impl GroupEntry {
     fn new(group: Group) -> Self {
@@ -107,6 +118,8 @@ impl GroupEntry {
             group,
             waiters: Waiters::default(),
             pending_commits: HashMap::new(),
+            deleted_while_pending: HashMap::new(),
+            incarnation: NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -129,6 +142,17 @@ impl GroupEntry {
             }),
         }
     }
+}
+
+/// A commit appended to the offsets partition and waiting to be replicated.
+struct CommitWrite {
+    shard_ref: ShardRef,
+    /// [`GroupEntry::incarnation`] of the group it was made in.
+    incarnation: u64,
+    /// Log end offset after the commit's records.
+    end: i64,
+    /// Log offset of its first record.
+    first_record: i64,
 }
 
 /// The groups of one offsets partition this broker leads.
@@ -685,7 +709,8 @@ impl GroupCoordinator {
     /// LeaveGroup of `members` (member id, instance id).
     ///
     /// # Errors
-    /// Coordinator errors, and UNKNOWN_MEMBER_ID for a group that does not exist.
+    /// Coordinator errors (a group that does not exist answers UNKNOWN_MEMBER_ID per
+    /// member).
     pub fn leave(
         self: &Arc<Self>,
         group_id: &str,
@@ -698,9 +723,13 @@ impl GroupCoordinator {
             leader_epoch: shard.leader_epoch,
             partition: shard.partition.clone(),
         };
-        let entry = shard.groups.get_mut(group_id).ok_or_else(|| {
-            GroupError::UnknownMemberId(members.first().map(|m| m.0.clone()).unwrap_or_default())
-        })?;
+        let Some(entry) = shard.groups.get_mut(group_id) else {
+            // As Kafka: the request succeeds, each member is unknown.
+            return Ok(members
+                .iter()
+                .map(|(member_id, _)| Err(GroupError::UnknownMemberId(member_id.clone())))
+                .collect());
+        };
         let (results, outputs) = entry.group.leave(members, now_ms());
         self.dispatch(&shard_ref, entry, outputs);
         Ok(results)
@@ -730,9 +759,14 @@ impl GroupCoordinator {
         async move {
             match started? {
                 None => Ok(()),
-                Some((shard_ref, end, first_record)) => {
-                    me.finish_commit(&group_id, shard_ref, end, first_record, entries)
-                        .await
+                Some((shard_ref, incarnation, end, first_record)) => {
+                    let written = CommitWrite {
+                        shard_ref,
+                        incarnation,
+                        end,
+                        first_record,
+                    };
+                    me.finish_commit(&group_id, written, entries).await
                 }
             }
         }
@@ -747,7 +781,7 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         generation: i32,
         entries: &[CommitEntry],
-    ) -> Result<Option<(ShardRef, i64, i64)>, GroupError> {
+    ) -> Result<Option<(ShardRef, u64, i64, i64)>, GroupError> {
         {
             let mut inner = self.lock();
             let shard = self.shard_of(&mut inner, group_id)?;
@@ -793,41 +827,60 @@ impl GroupCoordinator {
                     .entry((e.topic.clone(), e.partition))
                     .or_default() += 1;
             }
-            Ok(Some((shard_ref, end, end - records.len() as i64)))
+            Ok(Some((
+                shard_ref,
+                entry.incarnation,
+                end,
+                end - records.len() as i64,
+            )))
         }
     }
 
     async fn finish_commit(
         &self,
         group_id: &str,
-        shard_ref: ShardRef,
-        end: i64,
-        first_record: i64,
+        written: CommitWrite,
         entries: Vec<CommitEntry>,
     ) -> Result<(), GroupError> {
+        let CommitWrite {
+            shard_ref,
+            incarnation,
+            end,
+            first_record,
+        } = written;
         let result =
             persist::wait_durable(&shard_ref.partition, end, self.config.commit_timeout).await;
         {
             let mut inner = self.lock();
-            if let Some(s) = inner.shards.get_mut(&shard_ref.index) {
-                if s.leader_epoch == shard_ref.leader_epoch {
-                    if let Some(entry) = s.groups.get_mut(group_id) {
-                        for (i, e) in entries.into_iter().enumerate() {
-                            let key = (e.topic.clone(), e.partition);
-                            if let Some(n) = entry.pending_commits.get_mut(&key) {
-                                *n -= 1;
-                                if *n == 0 {
-                                    entry.pending_commits.remove(&key);
-                                }
-                            }
-                            if result.is_ok() {
-                                entry.group.offsets.apply(
-                                    &e.topic,
-                                    e.partition,
-                                    Some(e.value),
-                                    first_record + i as i64,
-                                );
-                            }
+            let entry = inner
+                .shards
+                .get_mut(&shard_ref.index)
+                .filter(|s| s.leader_epoch == shard_ref.leader_epoch)
+                .and_then(|s| s.groups.get_mut(group_id))
+                .filter(|entry| entry.incarnation == incarnation);
+            if let Some(entry) = entry {
+                for (i, e) in entries.into_iter().enumerate() {
+                    let key = (e.topic.clone(), e.partition);
+                    let record_offset = first_record + i as i64;
+                    // A tombstone written after this commit's record wins, as it will
+                    // when the log is loaded again.
+                    let deleted_since = entry
+                        .deleted_while_pending
+                        .get(&key)
+                        .is_some_and(|at| *at > record_offset);
+                    if result.is_ok() && !deleted_since {
+                        entry.group.offsets.apply(
+                            &e.topic,
+                            e.partition,
+                            Some(e.value),
+                            record_offset,
+                        );
+                    }
+                    if let Some(n) = entry.pending_commits.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            entry.pending_commits.remove(&key);
+                            entry.deleted_while_pending.remove(&key);
                         }
                     }
                 }
@@ -980,8 +1033,13 @@ impl GroupCoordinator {
             let batch = persist::encode_batch(&records, now)?;
             let end = persist::append(&shard_ref.partition, &batch, now)?;
             let first = end - records.len() as i64;
-            for (i, (t, p)) in deleted.iter().enumerate() {
-                group.offsets.apply(t, *p, None, first + i as i64);
+            for (i, (t, p)) in deleted.into_iter().enumerate() {
+                let at = first + i as i64;
+                entry.group.offsets.apply(&t, p, None, at);
+                let key = (t, p);
+                if entry.pending_commits.contains_key(&key) {
+                    entry.deleted_while_pending.insert(key, at);
+                }
             }
             Ok((results, Some((shard_ref.partition, end))))
         }
@@ -1107,8 +1165,9 @@ impl GroupCoordinator {
             let mut records = Vec::new();
             let mut forget = Vec::new();
             for (id, e) in s.groups.iter_mut() {
+                let pending = &e.pending_commits;
                 let g = &mut e.group;
-                let expired = match (g.state(), g.protocol_type()) {
+                let mut expired = match (g.state(), g.protocol_type()) {
                     (GroupState::Empty, Some(_)) => {
                         g.offsets
                             .expired(now, retention, Some(g.state_timestamp_ms()))
@@ -1116,6 +1175,9 @@ impl GroupCoordinator {
                     (GroupState::Empty, None) => g.offsets.expired(now, retention, None),
                     _ => Vec::new(),
                 };
+                // A partition whose new commit is being replicated has not expired (as
+                // in Kafka): its tombstone would come after that commit in the log.
+                expired.retain(|key| !pending.contains_key(key));
                 for (t, p) in &expired {
                     records.push(KeyValue {
                         key: log_format::offset_key(id, t, *p),
@@ -1143,8 +1205,8 @@ impl GroupCoordinator {
             let appended = persist::encode_batch(&records, now)
                 .and_then(|batch| persist::append(&s.partition, &batch, now));
             if let Err(e) = appended {
-                // The tombstones are rewritten by the next check (the in-memory state
-                // already forgot them; a reload brings them back and expires them again).
+                // Memory has forgotten these offsets already; a reload brings them back
+                // from the log, and the first check after it expires them again.
                 tracing::warn!(
                     partition = s.partition.index,
                     "cannot write expired-offset tombstones: {e}"

@@ -482,13 +482,16 @@ impl Group {
         }
     }
 
-    /// Ends the join phase: members that did not rejoin are removed, the generation is
-    /// bumped and every joined member is answered (the leader with the member list).
+    /// Ends the join phase: dynamic members that did not rejoin are removed, the
+    /// generation is bumped and every joined member is answered (the leader with the
+    /// member list). A static member that did not rejoin stays (KIP-345, as in Kafka):
+    /// the leader assigns it partitions, and its session timeout decides whether it is
+    /// gone.
     fn complete_join(&mut self, now_ms: i64, out: &mut Vec<Output>) {
         let gone: Vec<String> = self
             .members
             .values()
-            .filter(|m| !m.awaiting_join)
+            .filter(|m| !m.awaiting_join && m.instance_id.is_none())
             .map(|m| m.member_id.clone())
             .collect();
         for id in gone {
@@ -782,7 +785,7 @@ impl Group {
                         }
                     }
                     Err(e) => {
-                        self.reset_assignments_with(e, &mut out);
+                        self.reset_assignments_with(group_write_error(e), &mut out);
                         self.prepare_rebalance(now_ms, &mut out);
                     }
                 }
@@ -806,7 +809,7 @@ impl Group {
                         leader: previous_leader.clone(),
                         ..self.join_result(member_id, false)
                     },
-                    Err(e) => JoinResult::error(member_id, e),
+                    Err(e) => JoinResult::error(member_id, group_write_error(e)),
                 };
                 out.push(Output::Join(member_id.clone(), answer));
             }
@@ -861,6 +864,7 @@ impl Group {
         let mut out = Vec::new();
         let mut results = Vec::with_capacity(members.len());
         let mut removed_any = false;
+        let mut removed_pending = false;
         for (member_id, instance_id) in members {
             let result = match instance_id {
                 Some(instance) => match self.static_members.get(instance).cloned() {
@@ -880,7 +884,7 @@ impl Group {
                 },
                 None => {
                     if self.pending_join.remove(member_id).is_some() {
-                        removed_any = true;
+                        removed_pending = true;
                         Ok(())
                     } else if self.members.contains_key(member_id) {
                         self.remove_member(member_id, &mut out);
@@ -895,8 +899,19 @@ impl Group {
         }
         if removed_any {
             self.after_member_removed(now_ms, &mut out);
+        } else if removed_pending {
+            self.after_pending_member_removed(now_ms, &mut out);
         }
         (results, out)
+    }
+
+    /// A member id given with MEMBER_ID_REQUIRED that never joined is gone: it held no
+    /// place in the generation, so only a join phase waiting for it may now complete
+    /// (Kafka's removePendingMemberAndUpdateGroup); no rebalance starts.
+    fn after_pending_member_removed(&mut self, now_ms: i64, out: &mut Vec<Output>) {
+        if self.state == GroupState::PreparingRebalance {
+            self.maybe_complete_join(now_ms, out);
+        }
     }
 
     fn after_member_removed(&mut self, now_ms: i64, out: &mut Vec<Output>) {
@@ -922,9 +937,10 @@ impl Group {
             .map(|(id, _)| id.clone())
             .collect();
         let mut removed = false;
+        let mut removed_pending = false;
         for id in lapsed {
             self.pending_join.remove(&id);
-            removed = true;
+            removed_pending = true;
         }
         let expired: Vec<String> = self
             .members
@@ -939,6 +955,8 @@ impl Group {
         }
         if removed {
             self.after_member_removed(now_ms, &mut out);
+        } else if removed_pending {
+            self.after_pending_member_removed(now_ms, &mut out);
         }
         if self.deadline_ms.is_some_and(|d| d <= now_ms) {
             match self.state {
@@ -1127,5 +1145,19 @@ impl Group {
     /// Marks the group deleted; later requests recreate it.
     pub fn mark_dead(&mut self, now_ms: i64) {
         self.transition(GroupState::Dead, now_ms);
+    }
+}
+
+/// What a JoinGroup or SyncGroup is told when the group's write to the offsets topic
+/// failed. A write that was not replicated in time is COORDINATOR_NOT_AVAILABLE, as
+/// Kafka answers it: Java clients take REQUEST_TIMED_OUT from these APIs for a fatal,
+/// unexpected error, while COORDINATOR_NOT_AVAILABLE makes them find the coordinator
+/// and rejoin.
+fn group_write_error(e: GroupError) -> GroupError {
+    match e {
+        GroupError::Timeout => GroupError::CoordinatorNotAvailable(
+            "the group's write to the offsets topic was not replicated in time".into(),
+        ),
+        other => other,
     }
 }

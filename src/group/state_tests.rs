@@ -480,6 +480,79 @@ fn a_failed_assignment_write_answers_the_parked_syncs_and_rebalances() {
 }
 
 #[test]
+fn a_timed_out_assignment_write_is_coordinator_not_available_to_the_syncs() {
+    let mut g = Group::new("g", LIMITS, 0);
+    let _ = first_join(&mut g, "a", 0);
+    let (_, out) = g.sync("a", None, 1, None, None, vec![], 1);
+    let out = g.persisted(&persists(&out)[0], Err(GroupError::Timeout), 2);
+    let answered = syncs(&out);
+    assert_eq!(answered.len(), 1);
+    assert!(
+        matches!(
+            answered[0].1.error,
+            Some(GroupError::CoordinatorNotAvailable(_))
+        ),
+        "not REQUEST_TIMED_OUT, which Java clients do not retry here: {answered:?}"
+    );
+    assert_eq!(g.state(), GroupState::PreparingRebalance);
+}
+
+#[test]
+fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_ends() {
+    let mut g = Group::new("g", LIMITS, 0);
+    const STATIC_SESSION_MS: i64 = 120_000;
+    let mut req = join_req("", &["range"]);
+    req.instance_id = Some("host-1".into());
+    req.session_timeout_ms = STATIC_SESSION_MS as i32;
+    let _ = g.join(req, "host-1-aaa".into(), 0);
+    let (_, out) = g.sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 1);
+    let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
+    assert_eq!(g.state(), GroupState::Stable);
+    // A dynamic member joins while the static one is away (restarting).
+    let _ = first_join(&mut g, "b", 100);
+    assert_eq!(g.state(), GroupState::PreparingRebalance);
+    let out = g.tick(100 + i64::from(REBALANCE_MS));
+    assert_eq!(g.state(), GroupState::CompletingRebalance);
+    assert!(
+        g.members().contains_key("host-1-aaa"),
+        "a static member is not dropped at the end of the join phase"
+    );
+    let leader_answer = joins(&out)
+        .into_iter()
+        .find(|(_, r)| !r.members.is_empty())
+        .expect("the leader gets the members");
+    assert_eq!(
+        leader_answer.1.members.len(),
+        2,
+        "it assigns the absent member too"
+    );
+    // Its session, restarted at the end of the join phase, decides.
+    let _ = g.tick(100 + i64::from(REBALANCE_MS) + STATIC_SESSION_MS + 1);
+    assert!(!g.members().contains_key("host-1-aaa"));
+}
+
+#[test]
+fn a_member_id_that_never_comes_back_does_not_start_a_rebalance() {
+    let mut g = stable_group_of(&["a"], 0);
+    let generation = g.generation();
+    let (reply, _) = g.join(join_req("", &["range"]), "ghost".into(), 10);
+    assert!(matches!(reply, Reply::Now(r) if r.error == Some(GroupError::MemberIdRequired)));
+    // "a" heartbeats; "ghost" never rejoins and its id lapses.
+    for t in (1_000..=3 * i64::from(SESSION_MS)).step_by(1_000) {
+        assert_eq!(g.heartbeat("a", None, generation, t), Ok(()));
+        let _ = g.tick(t);
+    }
+    assert_eq!(g.state(), GroupState::Stable);
+    assert_eq!(g.generation(), generation);
+    // Nor does one that leaves before it joins.
+    let (reply, _) = g.join(join_req("", &["range"]), "ghost-2".into(), 40_000);
+    assert!(matches!(reply, Reply::Now(_)));
+    let (results, _) = g.leave(&[("ghost-2".to_string(), None)], 40_001);
+    assert_eq!(results, vec![Ok(())]);
+    assert_eq!(g.state(), GroupState::Stable);
+}
+
+#[test]
 fn a_restored_group_is_stable_in_its_stored_generation() {
     let g = stable_group_of(&["a", "b"], 0);
     let stored = g.to_stored();

@@ -177,6 +177,38 @@ fn bad_group_requests_get_their_kafka_errors_and_committed_offsets_survive_them_
         // A member id the group never gave.
         let r = join_ok(&mut c, &join(group, "made-up", 10_000, "consumer")).await;
         assert_eq!(r.error_code, code(ResponseError::UnknownMemberId));
+        // LeaveGroup of a group that does not exist: UNKNOWN_MEMBER_ID for the member
+        // (v0-v2), and in v3+ per member with the request itself answered NONE, as
+        // Kafka does (AdminClient's removeMembersFromConsumerGroup tells them apart).
+        let never = "never-existed";
+        let r = c
+            .call(
+                &LeaveGroupRequest::default()
+                    .with_group_id(GroupId(s(never)))
+                    .with_member_id(s("m-1")),
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.error_code, code(ResponseError::UnknownMemberId));
+        let r = c
+            .call(
+                &LeaveGroupRequest::default()
+                    .with_group_id(GroupId(s(never)))
+                    .with_members(vec![
+                        kafka_protocol::messages::leave_group_request::MemberIdentity::default()
+                            .with_member_id(s("m-1")),
+                    ]),
+                3,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.members.len(), 1);
+        assert_eq!(
+            r.members[0].error_code,
+            code(ResponseError::UnknownMemberId)
+        );
 
         // A standalone commit (generation -1) before anyone joins: allowed.
         assert_eq!(
