@@ -12,6 +12,7 @@ use keel_storage::batch::BatchError;
 use keel_storage::{AppendError, LogError, ReadError};
 
 use crate::group::GroupError;
+use crate::replication::partition::Role;
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_CHARS: usize = 249;
@@ -158,6 +159,18 @@ pub fn group_error(e: &GroupError) -> ResponseError {
 /// The code of an optional group error (0 for none).
 pub fn group_error_code(e: Option<&GroupError>) -> i16 {
     e.map_or(0, |e| group_error(e).code())
+}
+
+/// Checks a request for a partition that must be read or written at its leader, in
+/// Kafka's order (`Partition.getLocalLog`): the client's `current_leader_epoch` against
+/// the epoch this replica knows first, then whether it leads. So a client behind the
+/// times gets FENCED_LEADER_EPOCH and one ahead of this broker UNKNOWN_LEADER_EPOCH
+/// (retried without a metadata refresh), even where this broker does not lead.
+pub fn check_leadership(requested_epoch: i32, role: Role) -> Option<ResponseError> {
+    check_leader_epoch(requested_epoch, role.epoch()).or_else(|| match role {
+        Role::Leader { .. } => None,
+        Role::Follower { .. } => Some(ResponseError::NotLeaderOrFollower),
+    })
 }
 
 /// Checks a client's `current_leader_epoch` (-1: no check) against the partition's.

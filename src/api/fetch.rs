@@ -22,7 +22,7 @@ use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use keel_raft::image::MetadataImage;
 
-use super::fetch_session::{SessionPartition, SessionUse, TopicKey};
+use super::fetch_session::{Sent, SessionPartition, SessionUse, TopicKey};
 use super::{encode, sb, Pending, Reply};
 use crate::broker::Broker;
 use crate::errors;
@@ -172,19 +172,28 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
         let mut topics: Vec<FetchableTopicResponse> = Vec::new();
         let mut sent = Vec::new();
         for (target, out) in targets.iter().zip(gathered.partitions) {
-            let changed = out.records.as_ref().is_some_and(|r| !r.is_empty())
+            let had_records = out.records.as_ref().is_some_and(|r| !r.is_empty());
+            let changed = had_records
                 || out.error != 0
+                || target.diverging.is_some()
                 || out.high_watermark != target.req.last_high_watermark
                 || out.log_start_offset != target.req.last_log_start_offset;
             if incremental && !changed {
                 continue;
             }
-            sent.push((
-                target.req.topic.clone(),
-                target.req.partition,
-                out.high_watermark,
-                out.log_start_offset,
-            ));
+            sent.push(Sent {
+                topic: target.req.topic.clone(),
+                partition: target.req.partition,
+                // After an error the partition is sent again once it clears (Kafka's
+                // CachedPartition forgets its high watermark the same way).
+                high_watermark: if out.error == 0 {
+                    out.high_watermark
+                } else {
+                    -1
+                },
+                log_start_offset: out.log_start_offset,
+                had_records,
+            });
             let mut data = PartitionData::default();
             if let Some((epoch, end_offset)) = target.diverging {
                 data.diverging_epoch.epoch = epoch;
@@ -291,15 +300,15 @@ fn resolve(
         .get(&topic_id)
         .and_then(|t| t.partitions.get(&req.partition));
     let replica = match meta {
+        // A topic known by id whose partition is not: Kafka answers by partition.
+        None if image.topics.contains_key(&topic_id) => Err(ResponseError::UnknownTopicOrPartition),
         None => Err(unknown),
         Some(_) => match broker.replicas.get(topic_id, req.partition) {
-            Some(r) if r.is_leader() => {
-                match errors::check_leader_epoch(req.current_leader_epoch, r.leader_epoch()) {
-                    Some(e) => Err(e),
-                    None => Ok(r),
-                }
-            }
-            _ => Err(ResponseError::NotLeaderOrFollower),
+            Some(r) => match errors::check_leadership(req.current_leader_epoch, r.role()) {
+                Some(e) => Err(e),
+                None => Ok(r),
+            },
+            None => Err(ResponseError::NotLeaderOrFollower),
         },
     };
     let diverging = match (&replica, follower) {
@@ -354,6 +363,19 @@ fn gather(targets: &[Target], max_bytes: usize, follower: bool) -> Gathered {
                 continue;
             }
         };
+        // Leadership may have moved while the fetch waited: the client must learn it
+        // now, not when its wait runs out.
+        if let Some(e) = errors::check_leadership(t.req.current_leader_epoch, replica.role()) {
+            out.errors = true;
+            out.partitions.push(PartitionOut {
+                error: e.code(),
+                high_watermark: -1,
+                log_start_offset: -1,
+                plan: None,
+                records: None,
+            });
+            continue;
+        }
         if t.diverging.is_some() {
             // Nothing to read until the follower truncates: the answer is ready now.
             out.errors = true;

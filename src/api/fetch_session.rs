@@ -4,8 +4,12 @@
 //! Request `(session_id, epoch)`: `(0, -1)` is a sessionless full fetch; `(0, 0)`
 //! opens a session; `(S, -1)` closes S; `(S, 0)` closes S and opens a new one;
 //! `(S, E>0)` is an incremental fetch that must carry S's next epoch.
+//!
+//! A session keeps its partitions in the order it reads them, and a partition that
+//! returned records moves to the back (as in Kafka's `FetchSession`), so with more
+//! partitions with data than one response holds, each gets its turn.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -50,10 +54,36 @@ pub struct SessionPartition {
     pub last_fetched_epoch: i32,
 }
 
+/// What one response told the client about one partition of a session.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// Topic as the client names it.
+    pub topic: TopicKey,
+    /// Partition index.
+    pub partition: i32,
+    /// High watermark sent (-1 after an error, so the partition is sent again).
+    pub high_watermark: i64,
+    /// Log start offset sent.
+    pub log_start_offset: i64,
+    /// Whether the response carried records for it.
+    pub had_records: bool,
+}
+
 struct Session {
     next_epoch: i32,
     partitions: Vec<SessionPartition>,
     last_used: Instant,
+}
+
+impl Session {
+    /// Position of each partition in `partitions`.
+    fn index(&self) -> HashMap<(TopicKey, i32), usize> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.topic.clone(), p.partition), i))
+            .collect()
+    }
 }
 
 /// A session's outcome for one request.
@@ -78,7 +108,6 @@ pub struct FetchSessionCache {
 
 struct Inner {
     sessions: HashMap<i32, Session>,
-    next_id: i32,
 }
 
 impl FetchSessionCache {
@@ -88,7 +117,6 @@ impl FetchSessionCache {
             max_slots,
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
-                next_id: 1,
             }),
         }
     }
@@ -135,23 +163,27 @@ impl FetchSessionCache {
         }
         session.next_epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
         session.last_used = Instant::now();
-        session.partitions.retain(|p| {
-            !forgotten
-                .iter()
-                .any(|(t, i)| *t == p.topic && *i == p.partition)
-        });
-        for r in requested {
-            match session
+        if !forgotten.is_empty() {
+            let forgotten: HashSet<(&TopicKey, i32)> =
+                forgotten.iter().map(|(t, i)| (t, *i)).collect();
+            session
                 .partitions
-                .iter_mut()
-                .find(|p| p.topic == r.topic && p.partition == r.partition)
-            {
-                Some(p) => {
+                .retain(|p| !forgotten.contains(&(&p.topic, p.partition)));
+        }
+        let mut index = session.index();
+        for r in requested {
+            match index.get(&(r.topic.clone(), r.partition)) {
+                Some(&i) => {
+                    let p = &mut session.partitions[i];
                     p.fetch_offset = r.fetch_offset;
                     p.max_bytes = r.max_bytes;
                     p.current_leader_epoch = r.current_leader_epoch;
+                    p.last_fetched_epoch = r.last_fetched_epoch;
                 }
-                None => session.partitions.push(r),
+                None => {
+                    index.insert((r.topic.clone(), r.partition), session.partitions.len());
+                    session.partitions.push(r);
+                }
             }
         }
         SessionUse::Incremental {
@@ -161,24 +193,34 @@ impl FetchSessionCache {
     }
 
     /// Records what a response told the client, so the next incremental fetch
-    /// reports only changes.
-    pub fn record_sent(&self, session_id: i32, sent: &[(TopicKey, i32, i64, i64)]) {
-        if session_id == 0 {
+    /// reports only changes, and moves the partitions that returned records to the
+    /// back of the session's order.
+    pub fn record_sent(&self, session_id: i32, sent: &[Sent]) {
+        if session_id == 0 || sent.is_empty() {
             return;
         }
         let mut inner = self.lock();
         let Some(session) = inner.sessions.get_mut(&session_id) else {
             return;
         };
-        for (topic, partition, hw, log_start) in sent {
-            if let Some(p) = session
-                .partitions
-                .iter_mut()
-                .find(|p| p.topic == *topic && p.partition == *partition)
-            {
-                p.last_high_watermark = *hw;
-                p.last_log_start_offset = *log_start;
+        let index = session.index();
+        let mut served = HashSet::new();
+        for s in sent {
+            if let Some(&i) = index.get(&(s.topic.clone(), s.partition)) {
+                let p = &mut session.partitions[i];
+                p.last_high_watermark = s.high_watermark;
+                p.last_log_start_offset = s.log_start_offset;
+                if s.had_records {
+                    served.insert(i);
+                }
             }
+        }
+        if !served.is_empty() {
+            let (back, front): (Vec<_>, Vec<_>) = std::mem::take(&mut session.partitions)
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| served.contains(i));
+            session.partitions = front.into_iter().chain(back).map(|(_, p)| p).collect();
         }
     }
 
@@ -205,14 +247,11 @@ impl FetchSessionCache {
                 .map(|(id, _)| *id)?;
             inner.sessions.remove(&oldest);
         }
+        // Random ids, as Kafka's: after a restart, a client closing its old session
+        // must not close another client's new one.
         loop {
-            let id = inner.next_id;
-            inner.next_id = if inner.next_id == i32::MAX {
-                1
-            } else {
-                inner.next_id + 1
-            };
-            if !inner.sessions.contains_key(&id) {
+            let id = (uuid::Uuid::new_v4().as_u128() as u32 & i32::MAX as u32) as i32;
+            if id != 0 && !inner.sessions.contains_key(&id) {
                 return Some(id);
             }
         }
@@ -297,12 +336,64 @@ mod tests {
         let cache = FetchSessionCache::new(1);
         assert!(matches!(
             cache.begin(0, 0, vec![], &[]),
-            SessionUse::Full { session_id: 1 }
+            SessionUse::Full { session_id } if session_id > 0
         ));
         assert!(matches!(
             cache.begin(0, 0, vec![], &[]),
             SessionUse::Full { session_id: 0 }
         ));
         assert_eq!(cache.len(), 1);
+    }
+
+    fn sent(topic: &str, p: i32, had_records: bool) -> Sent {
+        Sent {
+            topic: TopicKey::Name(topic.into()),
+            partition: p,
+            high_watermark: 10,
+            log_start_offset: 0,
+            had_records,
+        }
+    }
+
+    fn order(cache: &FetchSessionCache, session_id: i32, epoch: i32) -> Vec<i32> {
+        match cache.begin(session_id, epoch, vec![], &[]) {
+            SessionUse::Incremental { partitions, .. } => {
+                partitions.iter().map(|p| p.partition).collect()
+            }
+            _ => panic!("expected incremental"),
+        }
+    }
+
+    #[test]
+    fn partitions_that_returned_records_go_to_the_back_of_the_session() {
+        let cache = FetchSessionCache::new(10);
+        let parts = (0..4).map(|i| part("a", i, 0)).collect();
+        let SessionUse::Full { session_id } = cache.begin(0, 0, parts, &[]) else {
+            panic!("expected a full fetch")
+        };
+        // The first response filled its budget with partitions 0 and 1.
+        cache.record_sent(
+            session_id,
+            &[sent("a", 0, true), sent("a", 1, true), sent("a", 2, false)],
+        );
+        assert_eq!(order(&cache, session_id, 1), vec![2, 3, 0, 1]);
+        // Then 2 and 0 had records: 3 and 1 lead, the served ones follow in order.
+        cache.record_sent(session_id, &[sent("a", 2, true), sent("a", 0, true)]);
+        assert_eq!(order(&cache, session_id, 2), vec![3, 1, 2, 0]);
+    }
+
+    #[test]
+    fn session_ids_are_not_a_sequence() {
+        let cache = FetchSessionCache::new(100);
+        let ids: Vec<i32> = (0..20)
+            .map(|_| match cache.begin(0, 0, vec![], &[]) {
+                SessionUse::Full { session_id } => session_id,
+                _ => panic!("expected a full fetch"),
+            })
+            .collect();
+        assert!(ids.iter().all(|id| *id > 0));
+        let distinct: HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(ids.windows(2).any(|w| w[1] != w[0] + 1));
     }
 }

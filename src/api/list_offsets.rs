@@ -58,17 +58,16 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
                         let meta = image
                             .topic_by_name(&name)
                             .and_then(|t| t.partitions.get(&p.partition_index));
-                        let Some(meta) = meta else {
+                        if meta.is_none() {
                             return resp
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                        };
-                        let replica = broker.replicas.get_by_name(&name, p.partition_index);
-                        let Some(replica) = replica.filter(|r| r.is_leader()) else {
+                        }
+                        let Some(replica) = broker.replicas.get_by_name(&name, p.partition_index)
+                        else {
                             return resp.with_error_code(ResponseError::NotLeaderOrFollower.code());
                         };
-                        if let Some(e) =
-                            errors::check_leader_epoch(p.current_leader_epoch, meta.leader_epoch)
-                        {
+                        let role = replica.role();
+                        if let Some(e) = errors::check_leadership(p.current_leader_epoch, role) {
                             return resp.with_error_code(e.code());
                         }
                         match lookup(&replica, p.timestamp) {
@@ -76,7 +75,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
                                 let resp = resp.with_offset(offset).with_timestamp(timestamp);
                                 // The leader epoch field exists from v4.
                                 if version >= 4 {
-                                    resp.with_leader_epoch(meta.leader_epoch)
+                                    resp.with_leader_epoch(role.epoch())
                                 } else {
                                     resp
                                 }
@@ -96,9 +95,21 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
 }
 
 /// (offset, timestamp) for a ListOffsets timestamp, `None` when no record qualifies.
+///
+/// A new leader's high watermark may still be below the start of its epoch (its
+/// followers have not fetched in the epoch yet), lower than the one the previous
+/// leader published: the latest offset, and a timestamp found at or past the high
+/// watermark, are then OFFSET_NOT_AVAILABLE (retriable), as in Kafka's
+/// `Partition.fetchOffsetForTimestamp`, rather than an answer that goes backwards.
 fn lookup(replica: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, ResponseError> {
     let hw = replica.high_watermark();
+    let lagging = replica.epoch_start_offset().is_some_and(|start| start > hw);
+    let not_yet = |found: Option<(i64, i64)>| match found {
+        None if lagging => Err(ResponseError::OffsetNotAvailable),
+        found => Ok(found),
+    };
     match timestamp {
+        LATEST_TIMESTAMP if lagging => Err(ResponseError::OffsetNotAvailable),
         LATEST_TIMESTAMP => Ok(Some((hw, -1))),
         EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => Ok(Some((replica.log_start_offset(), -1))),
         MAX_TIMESTAMP => {
@@ -106,9 +117,11 @@ fn lookup(replica: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, Res
                 .log()
                 .find_batch_with_max_timestamp()
                 .map_err(|e| errors::log_error(&e))?;
-            Ok(found
-                .and_then(|(_, batch)| max_timestamp_record(batch))
-                .filter(|(o, _)| *o < hw))
+            not_yet(
+                found
+                    .and_then(|(_, batch)| max_timestamp_record(batch))
+                    .filter(|(o, _)| *o < hw),
+            )
         }
         t if t < 0 => Err(ResponseError::InvalidRequest),
         t => {
@@ -116,9 +129,11 @@ fn lookup(replica: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, Res
                 .log()
                 .find_batch_by_timestamp(t)
                 .map_err(|e| errors::log_error(&e))?;
-            Ok(found
-                .and_then(|(_, batch)| first_record_at_or_after(batch, t))
-                .filter(|(o, _)| *o < hw))
+            not_yet(
+                found
+                    .and_then(|(_, batch)| first_record_at_or_after(batch, t))
+                    .filter(|(o, _)| *o < hw),
+            )
         }
     }
 }

@@ -49,17 +49,12 @@ pub fn handle(
                             return out
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         }
-                        let Some(replica) = broker
-                            .replicas
-                            .get_by_name(&name, p.partition)
-                            .filter(|r| r.is_leader())
-                        else {
+                        let Some(replica) = broker.replicas.get_by_name(&name, p.partition) else {
                             return out.with_error_code(ResponseError::NotLeaderOrFollower.code());
                         };
-                        if let Some(e) = errors::check_leader_epoch(
-                            p.current_leader_epoch,
-                            replica.leader_epoch(),
-                        ) {
+                        if let Some(e) =
+                            errors::check_leadership(p.current_leader_epoch, replica.role())
+                        {
                             return out.with_error_code(e.code());
                         }
                         let (epoch, end) = replica.end_offset_for_epoch(p.leader_epoch);

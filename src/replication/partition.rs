@@ -213,6 +213,15 @@ impl Partition {
             .map(|state| now_ms.saturating_sub(state.started_ms))
     }
 
+    /// Where this broker's current leader epoch starts in the log; `None` unless it
+    /// leads.
+    pub fn epoch_start_offset(&self) -> Option<i64> {
+        self.repl()
+            .leader
+            .as_ref()
+            .map(|state| state.epoch_start_offset)
+    }
+
     /// The leader's state, for tests and status.
     pub fn leader_state(&self) -> Option<LeaderState> {
         self.repl().leader.clone()

@@ -664,3 +664,89 @@ fn leadership_returns_to_the_preferred_replica() {
         .unwrap();
     assert!(out.contains("ElectionNotNeeded"), "{out}");
 }
+
+/// A long-poll Fetch waiting at a leader learns at once that leadership moved (as
+/// Kafka's DelayedFetch completes when its partition changes hands), instead of
+/// sleeping out its `max_wait_ms` and being answered as if nothing happened.
+#[test]
+fn a_waiting_fetch_is_answered_when_leadership_moves() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    /// Longer than any leader move here takes; the answer must come well before it.
+    const FETCH_MAX_WAIT_MS: i32 = 30_000;
+    /// Fetch version that names topics.
+    const FETCH_BY_NAME: i16 = 12;
+
+    let topic = "moving";
+    let mut c = Cluster::start(48, &combined(3), SERVER_ARGS).unwrap();
+    c.create_topic(1, topic, 1, 3).unwrap();
+    wait_full_isr(&c, 1, topic, 1);
+    let preferred = partition_state(&c, 1, topic, 0).unwrap().replicas[0];
+    c.kill9(preferred);
+    let via = c
+        .broker_ids()
+        .into_iter()
+        .find(|id| *id != preferred)
+        .unwrap();
+    let moved = settle(&c, "a new leader", || {
+        partition_state(&c, via, topic, 0).filter(|s| s.leader > 0 && s.leader as u64 != preferred)
+    });
+    c.restart(preferred).unwrap();
+    c.node(preferred).wait_ready().unwrap();
+    wait_full_isr(&c, via, topic, 1);
+    let leader = moved.leader as u64;
+    let addr = c.client(leader);
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(FETCH_MAX_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_current_leader_epoch(moved.epoch)
+                .with_partition_max_bytes(1024 * 1024)])]);
+    let waiting = std::thread::spawn(move || {
+        block_on(async {
+            let mut client = KafkaClient::connect(&addr, "waiting-fetch").await.unwrap();
+            let started = Instant::now();
+            let resp = client.call(&request, FETCH_BY_NAME).await.unwrap();
+            (
+                started.elapsed(),
+                resp.responses[0].partitions[0].error_code,
+            )
+        })
+    });
+    // Let the fetch park at the leader, then give leadership back to the preferred
+    // replica.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = c
+        .cli(&[
+            "partitions",
+            "--bootstrap-server",
+            &c.client(via),
+            "elect-leaders",
+            "--topic",
+            topic,
+        ])
+        .unwrap();
+    assert!(!out.contains("ElectionNotNeeded"), "{out}");
+    let (waited, error) = waiting.join().unwrap();
+    let answers = [
+        ResponseError::NotLeaderOrFollower.code(),
+        ResponseError::FencedLeaderEpoch.code(),
+    ];
+    assert!(
+        answers.contains(&error),
+        "the parked fetch was answered with error {error} after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(FETCH_MAX_WAIT_MS as u64 / 2),
+        "the parked fetch waited {waited:?}"
+    );
+    let now = partition_state(&c, via, topic, 0).unwrap();
+    assert_eq!(now.leader as u64, preferred, "{now:?}");
+}
