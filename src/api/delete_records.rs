@@ -13,6 +13,7 @@ use super::{respond, Pending};
 use crate::broker::Broker;
 use crate::errors;
 use crate::protocol::RequestContext;
+use crate::topic_config;
 
 /// Versions served.
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 2 };
@@ -43,6 +44,14 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: DeleteRecordsReques
                             return out
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
+                        // As Kafka: a compacted-only topic keeps every key's latest
+                        // value (committed offsets, changelogs); cutting its head would
+                        // drop keys, so only topics with the delete policy allow it.
+                        let policy =
+                            topic_config::log_config(&broker.config, &image, &name).cleanup_policy;
+                        if !policy.delete {
+                            return out.with_error_code(ResponseError::PolicyViolation.code());
+                        }
                         let Some(replica) = broker
                             .replicas
                             .get_by_name(&name, p.partition_index)

@@ -41,9 +41,37 @@ pub fn create_topics(
 ) -> Pending {
     let req_timeout_ms = req.timeout_ms;
     respond(ctx, async move {
-        let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
-        let topics = req
+        // A config without a value means nothing at creation: INVALID_CONFIG, as Kafka.
+        let (with_null, to_create): (Vec<_>, Vec<_>) = req
             .topics
+            .into_iter()
+            .partition(|t| t.configs.iter().any(|c| c.value.is_none()));
+        let refused: Vec<CreatableTopicResult> = with_null
+            .into_iter()
+            .map(|t| {
+                let nulls: Vec<String> = t
+                    .configs
+                    .iter()
+                    .filter(|c| c.value.is_none())
+                    .map(|c| c.name.to_string())
+                    .collect();
+                let msg = format!(
+                    "Null value not supported for topic configs: {}",
+                    nulls.join(",")
+                );
+                CreatableTopicResult::default()
+                    .with_name(t.name)
+                    .with_error_code(ResponseError::InvalidConfig.code())
+                    .with_error_message(Some(sb(msg)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+            })
+            .collect();
+        if to_create.is_empty() {
+            return CreateTopicsResponse::default().with_topics(refused);
+        }
+        let names: Vec<String> = to_create.iter().map(|t| t.name.0.to_string()).collect();
+        let topics = to_create
             .into_iter()
             .map(|t| NewTopic {
                 name: t.name.0.to_string(),
@@ -86,11 +114,12 @@ pub fn create_topics(
                     &names,
                     ResponseError::UnknownServerError,
                     "unexpected controller answer",
+                    refused,
                 );
             }
             Err(e) => {
                 let (code, msg) = errors::quorum_error(&e);
-                return failed_create(&names, code, &msg);
+                return failed_create(&names, code, &msg, refused);
             }
         };
         let image = broker.image();
@@ -131,12 +160,18 @@ pub fn create_topics(
                     }
                 }
             })
+            .chain(refused)
             .collect();
         CreateTopicsResponse::default().with_topics(topics)
     })
 }
 
-fn failed_create(names: &[String], code: ResponseError, msg: &str) -> CreateTopicsResponse {
+fn failed_create(
+    names: &[String],
+    code: ResponseError,
+    msg: &str,
+    refused: Vec<CreatableTopicResult>,
+) -> CreateTopicsResponse {
     let topics = names
         .iter()
         .map(|n| {
@@ -147,6 +182,7 @@ fn failed_create(names: &[String], code: ResponseError, msg: &str) -> CreateTopi
                 .with_num_partitions(-1)
                 .with_replication_factor(-1)
         })
+        .chain(refused)
         .collect();
     CreateTopicsResponse::default().with_topics(topics)
 }
@@ -160,12 +196,27 @@ pub fn delete_topics(
     let req_timeout_ms = req.timeout_ms;
     let version = ctx.api_version;
     respond(ctx, async move {
+        // v6 names each topic by name or by id, never both, never neither (Kafka
+        // answers those INVALID_REQUEST rather than guess which was meant).
+        let mut invalid: Vec<DeletableTopicResult> = Vec::new();
         let refs: Vec<TopicRef> = if version >= 6 {
             req.topics
                 .into_iter()
-                .map(|t| match t.name {
-                    Some(n) => TopicRef::Name(n.0.to_string()),
-                    None => TopicRef::Id(t.topic_id),
+                .filter_map(|t| {
+                    let message = match (&t.name, t.topic_id.is_nil()) {
+                        (Some(n), true) => return Some(TopicRef::Name(n.0.to_string())),
+                        (None, false) => return Some(TopicRef::Id(t.topic_id)),
+                        (Some(_), false) => "You may not specify both topic name and topic id.",
+                        (None, true) => "Neither topic name nor id were specified.",
+                    };
+                    invalid.push(
+                        DeletableTopicResult::default()
+                            .with_name(t.name)
+                            .with_topic_id(t.topic_id)
+                            .with_error_code(ResponseError::InvalidRequest.code())
+                            .with_error_message(Some(sb(message.to_string()))),
+                    );
+                    None
                 })
                 .collect()
         } else {
@@ -185,6 +236,9 @@ pub fn delete_topics(
                     .with_topic_id(*id),
             })
             .collect();
+        if refs.is_empty() {
+            return DeleteTopicsResponse::default().with_responses(invalid);
+        }
         let delete = ControllerRequest::DeleteTopics { topics: refs };
         let results = match broker
             .submit_within(delete, client_timeout(req_timeout_ms))
@@ -205,6 +259,7 @@ pub fn delete_topics(
                         r.with_error_code(code.code())
                             .with_error_message(Some(sb(msg.clone())))
                     })
+                    .chain(invalid)
                     .collect();
                 return DeleteTopicsResponse::default().with_responses(responses);
             }
@@ -226,6 +281,7 @@ pub fn delete_topics(
                 }
                 out
             })
+            .chain(invalid)
             .collect();
         DeleteTopicsResponse::default().with_responses(responses)
     })

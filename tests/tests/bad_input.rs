@@ -1224,6 +1224,140 @@ fn produce_to_a_deleted_topic_gets_unknown_topic_or_partition() {
     });
 }
 
+/// Admin requests Kafka refuses get Kafka's answer, and refusing them changes nothing:
+/// a CreateTopics config without a value (INVALID_CONFIG, its sibling topic is
+/// created), a DeleteTopics v6 entry naming a topic by both name and id or by neither
+/// (INVALID_REQUEST, the topic lives on), DeleteRecords on a compact-only topic
+/// (POLICY_VIOLATION, its records stay), and deleting a topic config that was never set
+/// (a no-op success).
+#[test]
+fn admin_requests_kafka_refuses_change_nothing() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{DeleteRecordsRequest, IncrementalAlterConfigsRequest};
+    const INVALID_REQUEST: i16 = 42;
+    const POLICY_VIOLATION: i16 = 44;
+    const RESOURCE_TOPIC: i8 = 2;
+    const OP_DELETE: i8 = 1;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let node = KeelNode::start_in(tmp.path(), &[]).unwrap();
+    let addr = node.addr.clone();
+    block_on(async {
+        let mut c = connect(&addr).await;
+        let with_null = CreatableTopic::default()
+            .with_name(topic_name("null-config"))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("retention.ms"))
+                .with_value(None)]);
+        let sibling = CreatableTopic::default()
+            .with_name(topic_name("sibling"))
+            .with_num_partitions(1)
+            .with_replication_factor(1);
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![with_null, sibling])
+            .with_timeout_ms(30_000);
+        let resp = c.call(&req, 7).await.unwrap();
+        let code_of = |name: &str| {
+            resp.topics
+                .iter()
+                .find(|t| t.name.0.as_str() == name)
+                .map(|t| t.error_code)
+        };
+        assert_eq!(code_of("null-config"), Some(INVALID_CONFIG), "{resp:?}");
+        assert_eq!(code_of("sibling"), Some(NONE), "{resp:?}");
+        let (error, _, _) = fetch(&mut c, "null-config", 0, 0).await;
+        assert_eq!(
+            error, UNKNOWN_TOPIC_OR_PARTITION,
+            "the refused topic was created"
+        );
+
+        // Delete by name and id at once, and by neither.
+        let meta = c
+            .call(
+                &MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default(
+                )
+                .with_name(Some(topic_name("sibling")))])),
+                12,
+            )
+            .await
+            .unwrap();
+        let id = meta.topics[0].topic_id;
+        assert!(!id.is_nil());
+        let del = DeleteTopicsRequest::default()
+            .with_topics(vec![
+                DeleteTopicState::default()
+                    .with_name(Some(topic_name("sibling")))
+                    .with_topic_id(id),
+                DeleteTopicState::default(),
+            ])
+            .with_timeout_ms(30_000);
+        let resp = c.call(&del, 6).await.unwrap();
+        assert_eq!(resp.responses.len(), 2, "{resp:?}");
+        assert!(
+            resp.responses
+                .iter()
+                .all(|r| r.error_code == INVALID_REQUEST),
+            "{resp:?}"
+        );
+        assert_eq!(
+            produce(&mut c, "sibling", 0, &good_batch(1, 1))
+                .await
+                .error_code,
+            NONE,
+            "the topic named twice is still there"
+        );
+
+        // DeleteRecords on a compacted topic.
+        assert_eq!(
+            create_topic(&addr, "compacted", 1, &[("cleanup.policy", "compact")]).await,
+            NONE
+        );
+        let keyed = BatchBuilder::keyed(
+            (0..3u8)
+                .map(|i| keel_storage::testing::TestRecord::value(&[b'k', i], &[i]))
+                .collect(),
+        );
+        let produced = produce(&mut c, "compacted", 0, &keyed.build()).await;
+        assert_eq!(produced.error_code, NONE, "{produced:?}");
+        let req = DeleteRecordsRequest::default()
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name("compacted"))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(2)])])
+            .with_timeout_ms(30_000);
+        let resp = c.call(&req, 2).await.unwrap();
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!(p.error_code, POLICY_VIOLATION, "{resp:?}");
+        let (error, _, records) = fetch(&mut c, "compacted", 0, 0).await;
+        assert_eq!(error, NONE);
+        assert_eq!(
+            records_in(&records),
+            3,
+            "records of the compacted topic stayed"
+        );
+
+        // Deleting a config that is not set.
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(RESOURCE_TOPIC)
+                .with_resource_name(StrBytes::from_static_str("sibling"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("no.such.config"))
+                    .with_config_operation(OP_DELETE)]),
+        ]);
+        let resp = c.call(&req, 1).await.unwrap();
+        assert_eq!(resp.responses[0].error_code, NONE, "{resp:?}");
+    });
+}
+
 /// zstd arrived with Produce v7 (KIP-110): like Kafka, an older Produce carrying a zstd
 /// batch gets UNSUPPORTED_COMPRESSION_TYPE and nothing is written; v7 and later store it.
 #[test]

@@ -137,6 +137,14 @@ fn incremental_alter_one(
     let current = image.configs.get(&r.resource).cloned().unwrap_or_default();
     let mut next = current.clone();
     for op in &r.ops {
+        // Deleting a topic config that is not set changes nothing, whatever its name
+        // (Kafka validates the resulting configs, not the names deleted).
+        let removes_nothing = op.op == AlterOp::Delete
+            && matches!(r.resource, ConfigResource::Topic(_))
+            && !next.contains_key(&op.name);
+        if removes_nothing {
+            continue;
+        }
         check_name(&r.resource, &op.name)?;
         let value = || {
             op.value.clone().ok_or_else(|| {
