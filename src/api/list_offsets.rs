@@ -113,30 +113,50 @@ fn lookup(replica: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, Res
         LATEST_TIMESTAMP => Ok(Some((hw, -1))),
         EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => Ok(Some((replica.log_start_offset(), -1))),
         MAX_TIMESTAMP => {
+            let log_start = replica.log_start_offset();
             let found = replica
                 .log()
                 .find_batch_with_max_timestamp()
                 .map_err(|e| errors::log_error(&e))?;
             not_yet(
                 found
-                    .and_then(|(_, batch)| max_timestamp_record(batch))
+                    .and_then(|(_, batch)| max_timestamp_record(batch, log_start))
                     .filter(|(o, _)| *o < hw),
             )
         }
         t if t < 0 => Err(ResponseError::InvalidRequest),
         t => {
-            let found = replica
-                .log()
-                .find_batch_by_timestamp(t)
-                .map_err(|e| errors::log_error(&e))?;
-            not_yet(
-                found
-                    .and_then(|(_, batch)| first_record_at_or_after(batch, t))
-                    .filter(|(o, _)| *o < hw),
-            )
+            // Kafka's FileRecords.searchForTimestamp: the first record at or past the
+            // log start with a timestamp at or after `t`, looking on past a batch
+            // whose header promised one its records do not hold.
+            let log_start = replica.log_start_offset();
+            let mut from = log_start;
+            let mut found = None;
+            for _ in 0..MAX_TIMESTAMP_LOOKUP_BATCHES {
+                if from >= hw {
+                    break;
+                }
+                let batch = replica
+                    .log()
+                    .find_batch_by_timestamp_from(t, from)
+                    .map_err(|e| errors::log_error(&e))?;
+                let Some((_, batch)) = batch else { break };
+                let next = BatchHeader::parse(&batch).map_or(i64::MAX, |h| h.last_offset() + 1);
+                found = first_record_at_or_after(batch, t, log_start);
+                if found.is_some() || next <= from {
+                    break;
+                }
+                from = next;
+            }
+            not_yet(found.filter(|(o, _)| *o < hw))
         }
     }
 }
+
+/// Most batches one timestamp lookup reads past the first candidate (each candidate's
+/// header promises a matching record; only a batch whose header overstates its records'
+/// timestamps fails that promise, so this is rarely more than one).
+pub const MAX_TIMESTAMP_LOOKUP_BATCHES: usize = 64;
 
 /// Largest size one batch may inflate to in a timestamp lookup. Producers store
 /// compressed batches as they are, so a batch of `max.message.bytes` can inflate a
@@ -304,27 +324,30 @@ fn scan(batch: &[u8], mut visit: impl FnMut(i64, i64) -> bool) -> Result<BatchHe
     Ok(header)
 }
 
-/// The record `pick` chooses while scanning, or — for a batch that cannot be scanned
-/// (it does not decode, or it inflates past the bound) — the batch's base offset and
-/// max timestamp, the nearest answer its header gives.
+/// The record `pick` chooses while scanning the records at or past `min_offset` (the
+/// log start: a batch may straddle it), or — for a batch that cannot be scanned (it
+/// does not decode, or it inflates past the bound) — the batch's first offset at or
+/// past `min_offset` and its max timestamp, the nearest answer its header gives.
 fn pick_record(
     batch: &[u8],
+    min_offset: i64,
     mut pick: impl FnMut(i64, i64, &mut Option<(i64, i64)>) -> bool,
 ) -> Option<(i64, i64)> {
     let mut found = None;
-    match scan(batch, |o, t| pick(o, t, &mut found)) {
+    match scan(batch, |o, t| o < min_offset || pick(o, t, &mut found)) {
         Ok(_) => found,
         Err(e) => {
             tracing::warn!("cannot read a batch's records for a timestamp lookup: {e}");
             BatchHeader::parse(batch)
                 .ok()
-                .map(|h| (h.base_offset, h.max_timestamp))
+                .filter(|h| h.last_offset() >= min_offset)
+                .map(|h| (h.base_offset.max(min_offset), h.max_timestamp))
         }
     }
 }
 
-fn first_record_at_or_after(batch: Bytes, ts: i64) -> Option<(i64, i64)> {
-    pick_record(&batch, |o, t, found| {
+fn first_record_at_or_after(batch: Bytes, ts: i64, min_offset: i64) -> Option<(i64, i64)> {
+    pick_record(&batch, min_offset, |o, t, found| {
         if t >= ts {
             *found = Some((o, t));
             return false;
@@ -333,9 +356,9 @@ fn first_record_at_or_after(batch: Bytes, ts: i64) -> Option<(i64, i64)> {
     })
 }
 
-fn max_timestamp_record(batch: Bytes) -> Option<(i64, i64)> {
+fn max_timestamp_record(batch: Bytes, min_offset: i64) -> Option<(i64, i64)> {
     // The first record holding the largest timestamp, as Kafka answers.
-    pick_record(&batch, |o, t, best| {
+    pick_record(&batch, min_offset, |o, t, best| {
         if best.is_none_or(|(_, bt)| t > bt) {
             *best = Some((o, t));
         }
@@ -398,13 +421,36 @@ mod tests {
         ] {
             let batch = encoded(codec, &[50, 10, 70, 70, 30]);
             assert_eq!(
-                first_record_at_or_after(batch.clone(), 60),
+                first_record_at_or_after(batch.clone(), 60, 0),
                 Some((102, 70)),
                 "{codec:?}"
             );
-            assert_eq!(first_record_at_or_after(batch.clone(), 5), Some((100, 50)));
-            assert_eq!(first_record_at_or_after(batch.clone(), 71), None);
-            assert_eq!(max_timestamp_record(batch), Some((102, 70)), "{codec:?}");
+            assert_eq!(
+                first_record_at_or_after(batch.clone(), 5, 0),
+                Some((100, 50))
+            );
+            assert_eq!(first_record_at_or_after(batch.clone(), 71, 0), None);
+            assert_eq!(
+                max_timestamp_record(batch.clone(), 0),
+                Some((102, 70)),
+                "{codec:?}"
+            );
+            // Records below the log start (DeleteRecords inside the batch) are not
+            // answers.
+            assert_eq!(
+                first_record_at_or_after(batch.clone(), 60, 103),
+                Some((103, 70)),
+                "{codec:?}"
+            );
+            assert_eq!(
+                first_record_at_or_after(batch.clone(), 5, 104),
+                Some((104, 30))
+            );
+            assert_eq!(
+                max_timestamp_record(batch, 103),
+                Some((103, 70)),
+                "{codec:?}"
+            );
         }
     }
 
@@ -417,10 +463,15 @@ mod tests {
         batch[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
         let batch = Bytes::from(batch);
         assert_eq!(
-            first_record_at_or_after(batch.clone(), 0),
+            first_record_at_or_after(batch.clone(), 0, 0),
             Some((40, 1_000))
         );
-        assert_eq!(max_timestamp_record(batch), Some((40, 1_000)));
+        assert_eq!(max_timestamp_record(batch.clone(), 0), Some((40, 1_000)));
+        assert_eq!(
+            max_timestamp_record(batch, 41),
+            None,
+            "wholly below the log start"
+        );
     }
 
     #[test]

@@ -282,6 +282,21 @@ fn timestamp_lookups_find_the_first_batch_at_or_after_and_the_maximum() {
     assert_eq!(find(250), Some(2));
     assert_eq!(find(302), Some(6));
     assert_eq!(find(502), None);
+    // Going on past a candidate batch (across segments too).
+    let find_from = |ts, from| {
+        log.find_batch_by_timestamp_from(ts, from)
+            .expect("lookup")
+            .map(|(o, _)| o)
+    };
+    assert_eq!(find_from(102, 0), Some(2));
+    assert_eq!(
+        find_from(102, 3),
+        Some(2),
+        "offset 3 is inside the batch at 2"
+    );
+    assert_eq!(find_from(102, 4), Some(4));
+    assert_eq!(find_from(102, 6), Some(6));
+    assert_eq!(find_from(102, 12), None);
     let (base, bytes) = log
         .find_batch_with_max_timestamp()
         .expect("lookup")

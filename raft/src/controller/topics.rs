@@ -75,6 +75,10 @@ struct TopicNames<'a> {
     created: BTreeSet<String>,
     /// unified name -> an actual name, for the ones created in this request
     created_unified: BTreeMap<String, String>,
+    /// unified name -> an actual name, for the image's topics with '.' or '_': built on
+    /// the first check that needs it, so a request of many names costs one pass over
+    /// the image rather than one per name.
+    image_unified: Option<BTreeMap<String, Vec<String>>>,
     used_ids: BTreeSet<Uuid>,
 }
 
@@ -83,7 +87,7 @@ impl TopicNames<'_> {
         self.image.topic_ids_by_name.contains_key(name) || self.created.contains(name)
     }
 
-    fn collision(&self, name: &str) -> Option<String> {
+    fn collision(&mut self, name: &str) -> Option<String> {
         let unified = unify_collision_chars(name);
         if unified == name && !name.contains('_') {
             return None;
@@ -93,10 +97,23 @@ impl TopicNames<'_> {
                 return Some(other.clone());
             }
         }
-        self.image
-            .topic_ids_by_name
-            .keys()
-            .find(|other| other.as_str() != name && unify_collision_chars(other) == unified)
+        let image = self.image;
+        let index = self.image_unified.get_or_insert_with(|| {
+            let mut index: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for other in image.topic_ids_by_name.keys() {
+                if other.contains(['.', '_']) {
+                    index
+                        .entry(unify_collision_chars(other))
+                        .or_default()
+                        .push(other.clone());
+                }
+            }
+            index
+        });
+        index
+            .get(&unified)?
+            .iter()
+            .find(|other| other.as_str() != name)
             .cloned()
     }
 
@@ -175,6 +192,7 @@ pub(super) fn create_topics(
         image,
         created: BTreeSet::new(),
         created_unified: BTreeMap::new(),
+        image_unified: None,
         used_ids: BTreeSet::new(),
     };
     let mut records = Vec::new();

@@ -73,12 +73,27 @@ impl Log {
         &self,
         timestamp_ms: i64,
     ) -> Result<Option<(i64, Bytes)>, LogError> {
-        let first = self.segment_index_for(self.log_start_offset);
+        self.find_batch_by_timestamp_from(timestamp_ms, self.log_start_offset)
+    }
+
+    /// As [`Log::find_batch_by_timestamp`], over the batches ending at or after
+    /// `from_offset` (never below the log start): a lookup whose first candidate batch
+    /// holds no matching record goes on past it.
+    ///
+    /// # Errors
+    /// I/O errors reading headers or the batch.
+    pub fn find_batch_by_timestamp_from(
+        &self,
+        timestamp_ms: i64,
+        from_offset: i64,
+    ) -> Result<Option<(i64, Bytes)>, LogError> {
+        let from_offset = from_offset.max(self.log_start_offset);
+        let first = self.segment_index_for(from_offset);
         for seg in self.segments.range(first..) {
             if seg.max_timestamp.is_none_or(|m| m.timestamp < timestamp_ms) {
                 continue;
             }
-            let found = seg.find_by_timestamp(timestamp_ms, self.log_start_offset)?;
+            let found = seg.find_by_timestamp(timestamp_ms, from_offset)?;
             if let Some((pos, h)) = found {
                 let bytes = seg.read_batch(pos, &h)?;
                 return Ok(Some((h.base_offset, Bytes::from(bytes))));
