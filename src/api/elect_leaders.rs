@@ -36,10 +36,24 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ElectLeadersRequest
                     t.partitions.into_iter().map(move |p| (name.clone(), p))
                 })
                 .collect(),
+            // Every partition: as Kafka, only those whose election is needed are
+            // tried and reported (a preferred election where the preferred replica
+            // leads, or an unclean one where a leader exists, is left out).
             None => image
                 .topics
                 .values()
-                .flat_map(|t| t.partitions.keys().map(|p| (t.name.clone(), *p)))
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .filter(|(_, p)| {
+                            if unclean {
+                                p.leader < 0
+                            } else {
+                                p.replicas.first().is_some_and(|r| *r != p.leader)
+                            }
+                        })
+                        .map(|(i, _)| (t.name.clone(), *i))
+                })
                 .collect(),
         };
         let mut results: Vec<ReplicaElectionResult> = Vec::new();

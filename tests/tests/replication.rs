@@ -749,4 +749,19 @@ fn a_waiting_fetch_is_answered_when_leadership_moves() {
     );
     let now = partition_state(&c, via, topic, 0).unwrap();
     assert_eq!(now.leader as u64, preferred, "{now:?}");
+    // An election over every partition reports only those it had to elect: none now.
+    let all = block_on(async {
+        let mut client = KafkaClient::connect(&c.client(via), "elect-all")
+            .await
+            .unwrap();
+        let req = kafka_protocol::messages::ElectLeadersRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topic_partitions(None);
+        client.call(&req, 2).await.unwrap()
+    });
+    assert!(
+        all.replica_election_results.is_empty(),
+        "{:?}",
+        all.replica_election_results
+    );
 }
