@@ -353,6 +353,35 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ControllerEr
     Ok(())
 }
 
+/// Checks what one topic's configs say together (Kafka's `LogConfig.validateValues`):
+/// `min.compaction.lag.ms` may not exceed `max.compaction.lag.ms`. Each value on its own
+/// was checked by [`validate_topic_config`]; an unset one counts as its default.
+///
+/// # Errors
+/// [`ControllerError::InvalidConfig`] naming both values.
+pub fn validate_topic_configs(
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    let millis = |name: &str| -> Option<i64> {
+        let value = configs
+            .get(name)
+            .map(String::as_str)
+            .or_else(|| topic_config(name).map(|d| d.default))?;
+        value.trim().parse().ok()
+    };
+    if let (Some(min), Some(max)) = (
+        millis("min.compaction.lag.ms"),
+        millis("max.compaction.lag.ms"),
+    ) {
+        if min > max {
+            return Err(ControllerError::InvalidConfig(format!(
+                "conflict topic config setting min.compaction.lag.ms ({min}) > max.compaction.lag.ms ({max})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Splits a List config value as Kafka does: trimmed, comma-separated, empty = no items.
 pub fn split_list(value: &str) -> Vec<String> {
     let trimmed = value.trim();

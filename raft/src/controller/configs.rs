@@ -16,6 +16,7 @@ use crate::records::MetadataRecord;
 use crate::topic_config::split_list;
 use crate::topic_config::topic_config;
 use crate::topic_config::validate_topic_config;
+use crate::topic_config::validate_topic_configs;
 use crate::topic_config::ConfigKind;
 
 type AlterResults = Vec<(ConfigResource, Result<(), ControllerError>)>;
@@ -206,6 +207,9 @@ fn incremental_alter_one(
             check_value(&r.resource, name, value)?;
         }
     }
+    if matches!(r.resource, ConfigResource::Topic(_)) {
+        validate_topic_configs(&next)?;
+    }
     Ok(diff(&r.resource, &current, &next))
 }
 
@@ -242,6 +246,9 @@ fn legacy_alter_one(
                 "Config '{name}' appears more than once for {resource}."
             )));
         }
+    }
+    if matches!(resource, ConfigResource::Topic(_)) {
+        validate_topic_configs(&next)?;
     }
     let current = image.configs.get(resource).cloned().unwrap_or_default();
     Ok(diff(resource, &current, &next))

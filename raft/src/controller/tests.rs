@@ -337,6 +337,30 @@ fn topic_names_differing_only_by_dot_and_underscore_collide() {
 }
 
 #[test]
+fn the_metadata_topic_cannot_be_created_and_compaction_lags_must_be_ordered() {
+    let mut h = Harness::with_brokers(1);
+    let err = h.create_one(topic("__cluster_metadata", 1, 1)).unwrap_err();
+    assert!(matches!(err, ControllerError::InvalidRequest(_)), "{err}");
+    let mut lagged = topic("lagged", 1, 1);
+    lagged
+        .configs
+        .insert("min.compaction.lag.ms".into(), "5000".into());
+    lagged
+        .configs
+        .insert("max.compaction.lag.ms".into(), "1000".into());
+    let err = h.create_one(lagged.clone()).unwrap_err();
+    assert!(
+        matches!(&err, ControllerError::InvalidConfig(m) if m.contains("min.compaction.lag.ms")),
+        "{err}"
+    );
+    lagged
+        .configs
+        .insert("max.compaction.lag.ms".into(), "5000".into());
+    h.create_one(lagged).unwrap();
+    assert_eq!(h.image.topics.len(), 1);
+}
+
+#[test]
 fn non_positive_partition_counts_answer_invalid_partitions() {
     let mut h = Harness::with_brokers(1);
     for n in [0, -2, i32::MIN] {

@@ -22,6 +22,10 @@ use crate::image::MetadataImage;
 use crate::records::ConfigResource;
 use crate::records::MetadataRecord;
 use crate::topic_config::validate_topic_config;
+use crate::topic_config::validate_topic_configs;
+
+/// Name of Kafka's metadata log, which no client may create as a topic.
+pub const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
 
 /// The replicas of one new partition and the in-sync replicas it starts with.
 type Placement = (Vec<i32>, Vec<i32>);
@@ -229,6 +233,12 @@ fn create_one(
 ) -> Result<(Vec<MetadataRecord>, CreatedTopic), ControllerError> {
     let name = topic.name.as_str();
     validate_topic_name(name)?;
+    if name == CLUSTER_METADATA_TOPIC {
+        // The metadata log is the quorum's, not a partition log (as Kafka refuses it).
+        return Err(ControllerError::InvalidRequest(format!(
+            "Creation of internal topic {CLUSTER_METADATA_TOPIC} is prohibited."
+        )));
+    }
     if names.exists(name) {
         return Err(ControllerError::TopicAlreadyExists(format!(
             "Topic '{name}' already exists."
@@ -284,6 +294,7 @@ fn create_one(
     for (k, v) in &topic.configs {
         validate_topic_config(k, v)?;
     }
+    validate_topic_configs(&topic.configs)?;
 
     let topic_id = names.new_topic_id(ctx)?;
     names.add(name, topic_id);
