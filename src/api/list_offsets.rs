@@ -70,7 +70,15 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
                         if let Some(e) = errors::check_leadership(p.current_leader_epoch, role) {
                             return resp.with_error_code(e.code());
                         }
-                        match lookup(&replica, p.timestamp) {
+                        // A timestamp lookup reads and may inflate batches: off the
+                        // async workers, as the other blocking reads.
+                        let reads_batches = p.timestamp >= 0 || p.timestamp == MAX_TIMESTAMP;
+                        let found = if reads_batches {
+                            tokio::task::block_in_place(|| lookup(&replica, p.timestamp))
+                        } else {
+                            lookup(&replica, p.timestamp)
+                        };
+                        match found {
                             Ok(Some((offset, timestamp))) => {
                                 let resp = resp.with_offset(offset).with_timestamp(timestamp);
                                 // The leader epoch field exists from v4.
