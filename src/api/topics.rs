@@ -2,7 +2,7 @@
 //! controller, answered once the change is committed and this broker's replica
 //! manager has applied it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -42,10 +42,15 @@ pub fn create_topics(
     let req_timeout_ms = req.timeout_ms;
     respond(ctx, async move {
         // A config without a value means nothing at creation: INVALID_CONFIG, as Kafka.
-        let (with_null, to_create): (Vec<_>, Vec<_>) = req
-            .topics
-            .into_iter()
-            .partition(|t| t.configs.iter().any(|c| c.value.is_none()));
+        // A name given twice is the controller's to refuse (INVALID_REQUEST for every
+        // copy), whatever its configs say.
+        let mut copies: HashMap<String, usize> = HashMap::new();
+        for t in &req.topics {
+            *copies.entry(t.name.0.to_string()).or_default() += 1;
+        }
+        let (with_null, to_create): (Vec<_>, Vec<_>) = req.topics.into_iter().partition(|t| {
+            copies.get(t.name.0.as_str()) == Some(&1) && t.configs.iter().any(|c| c.value.is_none())
+        });
         let refused: Vec<CreatableTopicResult> = with_null
             .into_iter()
             .map(|t| {

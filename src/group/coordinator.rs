@@ -1132,12 +1132,20 @@ impl GroupCoordinator {
                 GroupState::Dead => return Err(GroupError::GroupIdNotFound(group_id.to_string())),
                 _ => return Err(GroupError::NonEmptyGroup(group_id.to_string())),
             }
-            let mut records: Vec<KeyValue> = entry
+            // Tombstones for every offset, and for every partition with a commit still
+            // being replicated: that commit is earlier in the log, and once compaction
+            // drops the group tombstone nothing else would hide it.
+            let mut keys: std::collections::BTreeSet<(&str, i32)> = entry
                 .group
                 .offsets
                 .iter()
-                .map(|((t, p), _)| KeyValue {
-                    key: log_format::offset_key(group_id, t, *p),
+                .map(|((t, p), _)| (t.as_str(), *p))
+                .collect();
+            keys.extend(entry.pending_commits.keys().map(|(t, p)| (t.as_str(), *p)));
+            let mut records: Vec<KeyValue> = keys
+                .into_iter()
+                .map(|(t, p)| KeyValue {
+                    key: log_format::offset_key(group_id, t, p),
                     value: None,
                 })
                 .collect();

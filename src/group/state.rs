@@ -497,6 +497,26 @@ impl Group {
         for id in gone {
             self.remove_member(&id, out);
         }
+        // The leader must be a member that rejoined: only it is answered with the
+        // member list (Kafka's maybeElectNewJoinedLeader). If only absent static members
+        // are left, the join phase waits another rebalance timeout for them, or for
+        // their sessions to end.
+        if !self.members.is_empty() {
+            let leader_rejoined = self
+                .leader
+                .as_ref()
+                .and_then(|l| self.members.get(l))
+                .is_some_and(|m| m.awaiting_join);
+            if !leader_rejoined {
+                match self.members.values().find(|m| m.awaiting_join) {
+                    Some(m) => self.leader = Some(m.member_id.clone()),
+                    None => {
+                        self.deadline_ms = Some(now_ms + self.max_rebalance_timeout_ms());
+                        return;
+                    }
+                }
+            }
+        }
         self.initial_delay = None;
         self.generation += 1;
         if self.members.is_empty() {

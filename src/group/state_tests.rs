@@ -522,6 +522,11 @@ fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_end
         .find(|(_, r)| !r.members.is_empty())
         .expect("the leader gets the members");
     assert_eq!(
+        leader_answer.0, "b",
+        "the absent static leader cannot lead: the member that rejoined does"
+    );
+    assert_eq!(g.leader(), Some("b"));
+    assert_eq!(
         leader_answer.1.members.len(),
         2,
         "it assigns the absent member too"
@@ -529,6 +534,34 @@ fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_end
     // Its session, restarted at the end of the join phase, decides.
     let _ = g.tick(100 + i64::from(REBALANCE_MS) + STATIC_SESSION_MS + 1);
     assert!(!g.members().contains_key("host-1-aaa"));
+}
+
+#[test]
+fn a_join_phase_nobody_rejoined_waits_for_its_absent_static_members() {
+    let mut g = Group::new("g", LIMITS, 0);
+    const STATIC_SESSION_MS: i64 = 120_000;
+    let mut req = join_req("", &["range"]);
+    req.instance_id = Some("host-1".into());
+    req.session_timeout_ms = STATIC_SESSION_MS as i32;
+    let _ = g.join(req, "host-1-aaa".into(), 0);
+    let (_, out) = g.sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 1);
+    let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
+    let generation = g.generation();
+    // A dynamic member joins and leaves again while the static one is away.
+    let _ = first_join(&mut g, "b", 100);
+    let _ = g.leave(&[("b".to_string(), None)], 200);
+    assert_eq!(g.state(), GroupState::PreparingRebalance);
+    let _ = g.tick(100 + i64::from(REBALANCE_MS));
+    assert_eq!(
+        g.state(),
+        GroupState::PreparingRebalance,
+        "no generation without a member to lead it"
+    );
+    assert_eq!(g.generation(), generation);
+    // The static member's session ends: the group is empty.
+    let _ = g.tick(STATIC_SESSION_MS + 2);
+    assert!(g.members().is_empty());
+    assert_eq!(g.state(), GroupState::Empty);
 }
 
 #[test]

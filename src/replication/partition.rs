@@ -296,6 +296,8 @@ impl Partition {
         drop(repl);
         tracing::info!(topic = %self.topic, partition = self.index, epoch, "became leader");
         self.recompute_high_watermark();
+        // Fetches parked under the previous epoch learn of the new one now.
+        self.changed.notify_waiters();
     }
 
     /// Becomes (or stays) a follower of `leader` in `epoch`. Returns whether anything

@@ -1277,6 +1277,32 @@ fn admin_requests_kafka_refuses_change_nothing() {
             error, UNKNOWN_TOPIC_OR_PARTITION,
             "the refused topic was created"
         );
+        // A name given twice is refused in both copies, a null config or not.
+        let twice = |configs| {
+            CreatableTopic::default()
+                .with_name(topic_name("twice"))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(configs)
+        };
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![
+                twice(vec![CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_value(None)]),
+                twice(vec![]),
+            ])
+            .with_timeout_ms(30_000);
+        let resp = c.call(&req, 7).await.unwrap();
+        assert!(
+            resp.topics.iter().all(|t| t.error_code == INVALID_REQUEST),
+            "{resp:?}"
+        );
+        let (error, _, _) = fetch(&mut c, "twice", 0, 0).await;
+        assert_eq!(
+            error, UNKNOWN_TOPIC_OR_PARTITION,
+            "a duplicated topic was created"
+        );
 
         // Delete by name and id at once, and by neither.
         let meta = c
