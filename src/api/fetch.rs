@@ -333,6 +333,19 @@ struct PartitionOut {
     records: Option<Bytes>,
 }
 
+impl PartitionOut {
+    /// The answer for a partition that cannot be read at all.
+    fn failed(error: ResponseError) -> Self {
+        PartitionOut {
+            error: error.code(),
+            high_watermark: -1,
+            log_start_offset: -1,
+            plan: None,
+            records: None,
+        }
+    }
+}
+
 struct Gathered {
     bytes: usize,
     errors: bool,
@@ -353,13 +366,7 @@ fn gather(targets: &[Target], max_bytes: usize, follower: bool) -> Gathered {
             Ok(r) => r,
             Err(e) => {
                 out.errors = true;
-                out.partitions.push(PartitionOut {
-                    error: e.code(),
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    plan: None,
-                    records: None,
-                });
+                out.partitions.push(PartitionOut::failed(*e));
                 continue;
             }
         };
@@ -367,13 +374,7 @@ fn gather(targets: &[Target], max_bytes: usize, follower: bool) -> Gathered {
         // now, not when its wait runs out.
         if let Some(e) = errors::check_leadership(t.req.current_leader_epoch, replica.role()) {
             out.errors = true;
-            out.partitions.push(PartitionOut {
-                error: e.code(),
-                high_watermark: -1,
-                log_start_offset: -1,
-                plan: None,
-                records: None,
-            });
+            out.partitions.push(PartitionOut::failed(e));
             continue;
         }
         if t.diverging.is_some() {

@@ -497,16 +497,24 @@ fn a_timed_out_assignment_write_is_coordinator_not_available_to_the_syncs() {
     assert_eq!(g.state(), GroupState::PreparingRebalance);
 }
 
-#[test]
-fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_ends() {
+/// Session timeout of the static member of [`stable_group_of_one_static_member`].
+const STATIC_SESSION_MS: i64 = 120_000;
+
+/// A stable group whose one member is static (`host-1`, member id `host-1-aaa`).
+fn stable_group_of_one_static_member() -> Group {
     let mut g = Group::new("g", LIMITS, 0);
-    const STATIC_SESSION_MS: i64 = 120_000;
     let mut req = join_req("", &["range"]);
     req.instance_id = Some("host-1".into());
     req.session_timeout_ms = STATIC_SESSION_MS as i32;
     let _ = g.join(req, "host-1-aaa".into(), 0);
     let (_, out) = g.sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 1);
     let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
+    g
+}
+
+#[test]
+fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_ends() {
+    let mut g = stable_group_of_one_static_member();
     assert_eq!(g.state(), GroupState::Stable);
     // A dynamic member joins while the static one is away (restarting).
     let _ = first_join(&mut g, "b", 100);
@@ -538,14 +546,7 @@ fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_end
 
 #[test]
 fn a_join_phase_nobody_rejoined_waits_for_its_absent_static_members() {
-    let mut g = Group::new("g", LIMITS, 0);
-    const STATIC_SESSION_MS: i64 = 120_000;
-    let mut req = join_req("", &["range"]);
-    req.instance_id = Some("host-1".into());
-    req.session_timeout_ms = STATIC_SESSION_MS as i32;
-    let _ = g.join(req, "host-1-aaa".into(), 0);
-    let (_, out) = g.sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 1);
-    let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
+    let mut g = stable_group_of_one_static_member();
     let generation = g.generation();
     // A dynamic member joins and leaves again while the static one is away.
     let _ = first_join(&mut g, "b", 100);
