@@ -343,7 +343,7 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ControllerEr
     let def = topic_config(name).ok_or_else(|| {
         ControllerError::InvalidConfig(format!("Unknown topic config name: {name}"))
     })?;
-    validate_value(def, value)?;
+    validate_value(def, def.name, value)?;
     if def.name == "remote.storage.enable" && parse_bool(value.trim()) == Some(true) {
         return Err(ControllerError::InvalidConfig(
             "Tiered storage is not supported by keel; remote.storage.enable must be false"
@@ -351,6 +351,23 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ControllerEr
         ));
     }
     Ok(())
+}
+
+/// Checks a dynamic broker config `name`: when it is the broker synonym of a topic
+/// config (`log.retention.ms` for `retention.ms`, …) its value must pass that topic
+/// config's check, since topics without an override run with it. Other names are
+/// not checked here.
+///
+/// # Errors
+/// [`ControllerError::InvalidConfig`] naming the broker config and the rule broken.
+pub fn validate_broker_synonym(name: &str, value: &str) -> Result<(), ControllerError> {
+    match TOPIC_CONFIGS
+        .iter()
+        .find(|d| d.broker_synonym == Some(name))
+    {
+        Some(def) => validate_value(def, name, value),
+        None => Ok(()),
+    }
 }
 
 /// Checks what one topic's configs say together (Kafka's `LogConfig.validateValues`):
@@ -391,10 +408,9 @@ pub fn split_list(value: &str) -> Vec<String> {
     trimmed.split(',').map(|s| s.trim().to_string()).collect()
 }
 
-fn invalid(def: &ConfigDef, value: &str, why: impl std::fmt::Display) -> ControllerError {
+fn invalid(name: &str, value: &str, why: impl std::fmt::Display) -> ControllerError {
     ControllerError::InvalidConfig(format!(
-        "Invalid value {value} for configuration {}: {why}",
-        def.name
+        "Invalid value {value} for configuration {name}: {why}"
     ))
 }
 
@@ -408,12 +424,14 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn validate_value(def: &ConfigDef, value: &str) -> Result<(), ControllerError> {
+/// Checks `value` against `def`'s type and validator; errors name the config `name`
+/// (the topic config itself, or the broker config that is its synonym).
+fn validate_value(def: &ConfigDef, name: &str, value: &str) -> Result<(), ControllerError> {
     let v = value.trim();
     match def.kind {
         ConfigKind::Boolean => {
             parse_bool(v)
-                .ok_or_else(|| invalid(def, value, "Expected value to be either true or false"))?;
+                .ok_or_else(|| invalid(name, value, "Expected value to be either true or false"))?;
             Ok(())
         }
         ConfigKind::Short | ConfigKind::Int | ConfigKind::Long => {
@@ -426,16 +444,18 @@ fn validate_value(def: &ConfigDef, value: &str) -> Result<(), ControllerError> {
                 .parse()
                 .ok()
                 .filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| invalid(def, value, format!("Not a number of type {type_name}")))?;
+                .ok_or_else(|| invalid(name, value, format!("Not a number of type {type_name}")))?;
             match def.validator {
-                ConfigValidator::AtLeast(low) if n < low => {
-                    Err(invalid(def, value, format!("Value must be at least {low}")))
-                }
+                ConfigValidator::AtLeast(low) if n < low => Err(invalid(
+                    name,
+                    value,
+                    format!("Value must be at least {low}"),
+                )),
                 ConfigValidator::IntRangeOr { min, max, or }
                     if n != or && !(min..=max).contains(&n) =>
                 {
                     Err(invalid(
-                        def,
+                        name,
                         value,
                         format!("Value must be between {min} and {max}, or {or}"),
                     ))
@@ -448,17 +468,21 @@ fn validate_value(def: &ConfigDef, value: &str) -> Result<(), ControllerError> {
                 .parse()
                 .ok()
                 .filter(|n: &f64| n.is_finite())
-                .ok_or_else(|| invalid(def, value, "Not a number of type DOUBLE"))?;
+                .ok_or_else(|| invalid(name, value, "Not a number of type DOUBLE"))?;
             match def.validator {
-                ConfigValidator::DoubleRange { min, max } if !(min..=max).contains(&n) => Err(
-                    invalid(def, value, format!("Value must be between {min} and {max}")),
-                ),
+                ConfigValidator::DoubleRange { min, max } if !(min..=max).contains(&n) => {
+                    Err(invalid(
+                        name,
+                        value,
+                        format!("Value must be between {min} and {max}"),
+                    ))
+                }
                 _ => Ok(()),
             }
         }
         ConfigKind::String | ConfigKind::Password | ConfigKind::Class => match def.validator {
             ConfigValidator::OneOf(allowed) if !allowed.contains(&v) => Err(invalid(
-                def,
+                name,
                 value,
                 format!("String must be one of: {}", allowed.join(", ")),
             )),
@@ -471,7 +495,7 @@ fn validate_value(def: &ConfigDef, value: &str) -> Result<(), ControllerError> {
                     for item in &items {
                         if !allowed.contains(&item.as_str()) {
                             return Err(invalid(
-                                def,
+                                name,
                                 value,
                                 format!(
                                     "Invalid value {item}; every item must be one of: {}",
@@ -492,7 +516,7 @@ fn validate_value(def: &ConfigDef, value: &str) -> Result<(), ControllerError> {
                         });
                         if !ok {
                             return Err(invalid(
-                                def,
+                                name,
                                 value,
                                 "must be the wildcard (*) or a list of partitionId:brokerId pairs",
                             ));

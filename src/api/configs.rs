@@ -18,7 +18,7 @@ use keel_raft::controller::{
     AlterConfigOp, AlterConfigsResource, AlterOp, ControllerRequest, ControllerResponse,
 };
 use keel_raft::records::ConfigResource;
-use keel_raft::topic_config::ConfigKind;
+use keel_raft::topic_config::{ConfigKind, TOPIC_CONFIGS};
 
 use super::{respond, sb, Pending};
 use crate::broker::Broker;
@@ -200,6 +200,52 @@ fn resource(resource_type: i8, name: &StrBytes) -> Result<ConfigResource, (Respo
     }
 }
 
+/// What the receiving broker checks in a broker-config change before the controller
+/// sees it (Kafka's `ConfigAdminManager.preprocess`): a per-broker resource names this
+/// broker, and the keys set are not static-only ones (keel applies a broker config at
+/// run time only through the topic configs it is a synonym of; names keel does not
+/// know are kept for plugins, as Kafka does). Both are INVALID_REQUEST, as in Kafka;
+/// the controller checks the values.
+fn check_broker_change(
+    node_id: i32,
+    resource: &ConfigResource,
+    ops: &[AlterConfigOp],
+) -> Result<(), (ResponseError, String)> {
+    let ConfigResource::Broker(target) = resource else {
+        return Ok(());
+    };
+    if let Some(id) = target {
+        if *id != node_id {
+            return Err((
+                ResponseError::InvalidRequest,
+                format!("Unexpected broker id, expected {node_id}, but received {id}"),
+            ));
+        }
+    }
+    let static_only: Vec<&str> = ops
+        .iter()
+        .filter(|o| o.op != AlterOp::Delete && is_static_only(&o.name))
+        .map(|o| o.name.as_str())
+        .collect();
+    if !static_only.is_empty() {
+        return Err((
+            ResponseError::InvalidRequest,
+            format!(
+                "Cannot update these configs dynamically: {}",
+                static_only.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A key of keel's static broker config that no topic config takes as its synonym:
+/// it is read once at start-up, so a dynamic value would be reported but never used.
+fn is_static_only(name: &str) -> bool {
+    BROKER_KEYS.iter().any(|k| k.name == name)
+        && !TOPIC_CONFIGS.iter().any(|d| d.broker_synonym == Some(name))
+}
+
 /// Runs an alter through the controller; one result per resource, in request order.
 async fn alter(
     broker: &Broker,
@@ -308,6 +354,7 @@ pub fn incremental_alter_configs(
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                check_broker_change(broker.config.node_id, &resource, &ops)?;
                 Ok(AlterConfigsResource { resource, ops })
             })
             .collect();
@@ -348,15 +395,28 @@ pub fn alter_configs(
             .into_iter()
             .map(|r| {
                 let resource = resource(r.resource_type, &r.resource_name)?;
-                let ops = r
+                let nulls: Vec<&str> = r
+                    .configs
+                    .iter()
+                    .filter(|c| c.value.is_none())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !nulls.is_empty() {
+                    return Err((
+                        ResponseError::InvalidRequest,
+                        format!("Null value not supported for : {}", nulls.join(", ")),
+                    ));
+                }
+                let ops: Vec<AlterConfigOp> = r
                     .configs
                     .into_iter()
                     .map(|c| AlterConfigOp {
                         name: c.name.to_string(),
                         op: AlterOp::Set,
-                        value: Some(c.value.map(|v| v.to_string()).unwrap_or_default()),
+                        value: c.value.map(|v| v.to_string()),
                     })
                     .collect();
+                check_broker_change(broker.config.node_id, &resource, &ops)?;
                 Ok(AlterConfigsResource { resource, ops })
             })
             .collect();

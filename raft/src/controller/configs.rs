@@ -1,8 +1,11 @@
 //! IncrementalAlterConfigs and the legacy AlterConfigs.
 //!
-//! Topic configs are checked against [`crate::topic_config::TOPIC_CONFIGS`]. Broker configs
-//! (one broker, or the cluster-wide default) are stored as given: keel has no catalog of
-//! dynamic broker configs yet.
+//! Topic configs are checked against [`crate::topic_config::TOPIC_CONFIGS`]. A broker
+//! config (one broker, or the cluster-wide default) that is a topic config's broker
+//! synonym gets that config's value check (refused as INVALID_REQUEST, as Kafka does);
+//! other broker configs are stored as given
+//! (Kafka keeps unknown broker configs for plugins). The receiving broker refuses its
+//! static-only keys before a request gets here.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -15,6 +18,7 @@ use crate::records::ConfigResource;
 use crate::records::MetadataRecord;
 use crate::topic_config::split_list;
 use crate::topic_config::topic_config;
+use crate::topic_config::validate_broker_synonym;
 use crate::topic_config::validate_topic_config;
 use crate::topic_config::validate_topic_configs;
 use crate::topic_config::ConfigKind;
@@ -81,7 +85,11 @@ fn check_name(resource: &ConfigResource, name: &str) -> Result<(), ControllerErr
 fn check_value(resource: &ConfigResource, name: &str, value: &str) -> Result<(), ControllerError> {
     match resource {
         ConfigResource::Topic(_) => validate_topic_config(name, value),
-        ConfigResource::Broker(_) => Ok(()),
+        // Kafka refuses a bad dynamic broker value with INVALID_REQUEST (KAFKA-13609).
+        ConfigResource::Broker(_) => validate_broker_synonym(name, value).map_err(|e| match e {
+            ControllerError::InvalidConfig(m) => ControllerError::InvalidRequest(m),
+            other => other,
+        }),
     }
 }
 
