@@ -73,6 +73,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
                 last_high_watermark: -1,
                 last_log_start_offset: -1,
                 last_fetched_epoch: p.last_fetched_epoch,
+                fetcher_log_start_offset: p.log_start_offset,
             })
         })
         .collect();
@@ -254,7 +255,12 @@ fn record_follower_fetches(broker: &Broker, targets: &[Target], follower: i32) {
         if t.diverging.is_some() {
             continue;
         }
-        if let Some(proposal) = replica.on_follower_fetch(follower, t.req.fetch_offset, now) {
+        if let Some(proposal) = replica.on_follower_fetch(
+            follower,
+            t.req.fetch_offset,
+            t.req.fetcher_log_start_offset,
+            now,
+        ) {
             broker.replicas.propose_isr(replica.clone(), proposal);
         }
     }

@@ -52,6 +52,9 @@ pub struct SessionPartition {
     /// Epoch of the last batch the fetcher holds (v12+, -1: unknown): the leader
     /// answers a follower whose log diverges from its own with the diverging epoch.
     pub last_fetched_epoch: i32,
+    /// The fetcher's own log start offset (followers, v5+; -1 from consumers): what
+    /// the leader's low watermark is made of.
+    pub fetcher_log_start_offset: i64,
 }
 
 /// What one response told the client about one partition of a session.
@@ -179,6 +182,7 @@ impl FetchSessionCache {
                     p.max_bytes = r.max_bytes;
                     p.current_leader_epoch = r.current_leader_epoch;
                     p.last_fetched_epoch = r.last_fetched_epoch;
+                    p.fetcher_log_start_offset = r.fetcher_log_start_offset;
                 }
                 None => {
                     index.insert((r.topic.clone(), r.partition), session.partitions.len());
@@ -265,6 +269,7 @@ mod tests {
     fn part(topic: &str, p: i32, offset: i64) -> SessionPartition {
         SessionPartition {
             last_fetched_epoch: -1,
+            fetcher_log_start_offset: -1,
             topic: TopicKey::Name(topic.into()),
             partition: p,
             fetch_offset: offset,

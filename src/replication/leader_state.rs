@@ -28,6 +28,9 @@ pub struct FollowerProgress {
     pub leader_end_at_last_fetch: i64,
     /// When the follower last fetched (ms).
     pub last_fetch_ms: i64,
+    /// The follower's log start offset, as its last fetch reported it; -1 until it
+    /// fetches in this leader epoch.
+    pub log_start_offset: i64,
 }
 
 /// The leader's replication state of one partition.
@@ -90,6 +93,7 @@ impl LeaderState {
                         last_caught_up_ms: now_ms,
                         leader_end_at_last_fetch: -1,
                         last_fetch_ms: -1,
+                        log_start_offset: -1,
                     },
                 )
             })
@@ -136,6 +140,7 @@ impl LeaderState {
                     last_caught_up_ms: now_ms,
                     leader_end_at_last_fetch: -1,
                     last_fetch_ms: -1,
+                    log_start_offset: -1,
                 });
             }
         }
@@ -168,6 +173,32 @@ impl LeaderState {
         f.leader_end_at_last_fetch = leader_end;
         f.last_fetch_ms = now_ms;
         true
+    }
+
+    /// Records the log start offset a follower's fetch reported. Returns whether it
+    /// moved (a DeleteRecords waiting on the low watermark may be done).
+    pub fn record_follower_log_start(&mut self, follower: i32, log_start_offset: i64) -> bool {
+        match self.followers.get_mut(&follower) {
+            Some(f) if f.log_start_offset != log_start_offset => {
+                f.log_start_offset = log_start_offset;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The low watermark: the smallest log start offset over the leader (`own`) and
+    /// the followers of the maximal ISR, which are the replicas that can become leader
+    /// (a follower outside it learns the leader's log start from its fetches before it
+    /// can rejoin). An ISR follower that has not fetched in this epoch counts as -1.
+    /// A DeleteRecords is done when this covers its offset (Kafka's
+    /// `lowWatermarkIfLeader`).
+    pub fn low_watermark(&self, own: i64) -> i64 {
+        self.maximal_isr()
+            .into_iter()
+            .filter(|r| *r != self.node_id)
+            .map(|r| self.followers.get(&r).map_or(-1, |f| f.log_start_offset))
+            .fold(own, i64::min)
     }
 
     /// The ISR the high watermark must respect: committed plus pending additions.
@@ -295,6 +326,28 @@ mod tests {
             Some(180),
             "the leader's own durable offset counts"
         );
+    }
+
+    #[test]
+    fn low_watermark_is_the_smallest_log_start_over_the_leader_and_the_isr() {
+        let mut s = state(&[1, 2], 1);
+        assert_eq!(
+            s.low_watermark(50),
+            -1,
+            "an ISR follower not yet heard from"
+        );
+        assert!(s.record_follower_log_start(2, 40));
+        assert!(!s.record_follower_log_start(2, 40), "no move, no wake-up");
+        assert_eq!(s.low_watermark(50), 40);
+        assert!(s.record_follower_log_start(2, 60));
+        assert_eq!(s.low_watermark(50), 50, "the leader's own start counts");
+        // Replica 3 is outside the ISR: its start does not hold the low watermark.
+        assert!(s.record_follower_log_start(3, 0));
+        assert_eq!(s.low_watermark(50), 50);
+        // Once an addition is in flight it does.
+        s.pending_isr = Some(vec![1, 2, 3]);
+        assert_eq!(s.low_watermark(50), 0);
+        assert!(!s.record_follower_log_start(9, 70), "not a replica");
     }
 
     #[test]

@@ -530,17 +530,30 @@ impl Partition {
         &self,
         follower: i32,
         fetch_offset: i64,
+        follower_log_start: i64,
         now_ms: i64,
     ) -> Option<IsrProposal> {
-        let proposal = {
+        let (proposal, start_moved) = {
             let mut repl = self.repl_mut();
             let state = repl.leader.as_mut()?;
             let end = self.log_end_offset();
             state.on_follower_fetch(follower, fetch_offset, end, now_ms);
-            Self::propose_isr_change(state, end, now_ms)
+            let start_moved = state.record_follower_log_start(follower, follower_log_start);
+            (Self::propose_isr_change(state, end, now_ms), start_moved)
         };
         self.recompute_high_watermark();
+        if start_moved {
+            self.changed.notify_waiters();
+        }
         proposal
+    }
+
+    /// The low watermark if this broker leads (see [`LeaderState::low_watermark`]).
+    pub fn low_watermark(&self) -> Option<i64> {
+        let repl = self.repl();
+        repl.leader
+            .as_ref()
+            .map(|state| state.low_watermark(self.log_start_offset()))
     }
 
     /// Checks for followers that stopped fetching (called periodically on leaders).

@@ -765,3 +765,112 @@ fn a_waiting_fetch_is_answered_when_leadership_moves() {
         all.replica_election_results
     );
 }
+
+/// DeleteRecords answers success only once every in-sync replica has moved its log
+/// start past the offset (Kafka's low watermark), so a leader elected afterwards does
+/// not serve the deleted records again. With an in-sync follower SIGSTOPped the
+/// request times out (the leader's deletion stands); once the follower has left the
+/// ISR it succeeds; after the follower is back and in sync and the leader is
+/// SIGKILLed, the new leader's log starts at the offset.
+#[test]
+fn delete_records_waits_until_the_in_sync_replicas_have_deleted() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{DeleteRecordsRequest, ListOffsetsRequest};
+    const RECORDS: usize = 50;
+    const DELETE_BELOW: i64 = 30;
+    /// Shorter than `replica.lag.time.max.ms` (4 s): the paused follower is still
+    /// in sync when this runs out.
+    const SHORT_TIMEOUT_MS: i32 = 1_000;
+    const LONG_TIMEOUT_MS: i32 = 30_000;
+    const EARLIEST_TIMESTAMP: i64 = -2;
+
+    async fn delete_records(addr: &str, topic: &str, timeout_ms: i32) -> (i16, i64) {
+        let mut client = KafkaClient::connect(addr, "delete-records").await.unwrap();
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(timeout_ms)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(DELETE_BELOW)])]);
+        let resp = client.call(&req, 2).await.unwrap();
+        let p = &resp.topics[0].partitions[0];
+        (p.error_code, p.low_watermark)
+    }
+    async fn earliest(addr: &str, topic: &str) -> (i16, i64) {
+        let mut client = KafkaClient::connect(addr, "delete-records").await.unwrap();
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(EARLIEST_TIMESTAMP)])]);
+        let resp = client.call(&req, 7).await.unwrap();
+        let p = &resp.topics[0].partitions[0];
+        (p.error_code, p.offset)
+    }
+
+    let topic = "trimmed";
+    let mut c = Cluster::start(49, &combined(3), SERVER_ARGS).unwrap();
+    c.create_topic(1, topic, 1, 3).unwrap();
+    wait_full_isr(&c, 1, topic, 1);
+    let state = partition_state(&c, 1, topic, 0).unwrap();
+    let leader = state.leader as u64;
+    let addr = c.client(leader);
+    assert_eq!(
+        block_on(produce_raw(&addr, topic, -1, RECORDS, 30_000)),
+        0,
+        "acks=all produce"
+    );
+    let follower = state
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != leader)
+        .unwrap();
+    c.node(follower).pause();
+    let started = Instant::now();
+    let (code, _) = block_on(delete_records(&addr, topic, SHORT_TIMEOUT_MS));
+    assert_eq!(
+        code,
+        ResponseError::RequestTimedOut.code(),
+        "answered after {:?} with a follower in sync and paused",
+        started.elapsed()
+    );
+    assert_eq!(
+        block_on(earliest(&addr, topic)),
+        (0, DELETE_BELOW),
+        "the leader's deletion stands"
+    );
+    // Once the paused follower has left the ISR the low watermark covers the offset.
+    assert_eq!(
+        block_on(delete_records(&addr, topic, LONG_TIMEOUT_MS)),
+        (0, DELETE_BELOW)
+    );
+    c.node(follower).resume();
+    wait_full_isr(&c, 1, topic, 1);
+    // Answered once every in-sync replica, the resumed one too, has deleted.
+    assert_eq!(
+        block_on(delete_records(&addr, topic, LONG_TIMEOUT_MS)),
+        (0, DELETE_BELOW)
+    );
+    c.kill9(leader);
+    let via = follower;
+    let moved = settle(&c, "a new leader", || {
+        partition_state(&c, via, topic, 0).filter(|s| s.leader > 0 && s.leader as u64 != leader)
+    });
+    let new_addr = c.client(moved.leader as u64);
+    let start = settle(&c, "the new leader answers ListOffsets", || {
+        let (code, offset) = block_on(earliest(&new_addr, topic));
+        (code == 0).then_some(offset)
+    });
+    assert_eq!(
+        start, DELETE_BELOW,
+        "the new leader {} serves deleted records",
+        moved.leader
+    );
+}
