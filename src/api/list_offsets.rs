@@ -81,11 +81,19 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ListOffsetsRequest)
                         match found {
                             Ok(Some((offset, timestamp))) => {
                                 let resp = resp.with_offset(offset).with_timestamp(timestamp);
-                                // The leader epoch field exists from v4.
-                                if version >= 4 {
+                                // The leader epoch field exists from v4: the current
+                                // epoch for the latest offset, else the epoch the
+                                // found offset was written in (Kafka's
+                                // `fetchOffsetByTimestamp`), which a client validates
+                                // its position against after a leader change.
+                                if version < 4 {
+                                    resp
+                                } else if p.timestamp == LATEST_TIMESTAMP {
                                     resp.with_leader_epoch(role.epoch())
                                 } else {
-                                    resp
+                                    resp.with_leader_epoch(
+                                        replica.log().epoch_for_offset(offset).unwrap_or(-1),
+                                    )
                                 }
                             }
                             Ok(None) => resp,

@@ -771,7 +771,8 @@ fn a_waiting_fetch_is_answered_when_leadership_moves() {
 /// not serve the deleted records again. With an in-sync follower SIGSTOPped the
 /// request times out (the leader's deletion stands); once the follower has left the
 /// ISR it succeeds; after the follower is back and in sync and the leader is
-/// SIGKILLed, the new leader's log starts at the offset.
+/// SIGKILLed, the new leader's log starts at the offset. ListOffsets EARLIEST names
+/// the epoch that offset was written in, not the new leader's epoch.
 #[test]
 fn delete_records_waits_until_the_in_sync_replicas_have_deleted() {
     use kafka_protocol::messages::delete_records_request::{
@@ -800,7 +801,7 @@ fn delete_records_waits_until_the_in_sync_replicas_have_deleted() {
         let p = &resp.topics[0].partitions[0];
         (p.error_code, p.low_watermark)
     }
-    async fn earliest(addr: &str, topic: &str) -> (i16, i64) {
+    async fn earliest(addr: &str, topic: &str) -> (i16, i64, i32) {
         let mut client = KafkaClient::connect(addr, "delete-records").await.unwrap();
         let req = ListOffsetsRequest::default()
             .with_replica_id(kafka_protocol::messages::BrokerId(-1))
@@ -811,7 +812,7 @@ fn delete_records_waits_until_the_in_sync_replicas_have_deleted() {
                     .with_timestamp(EARLIEST_TIMESTAMP)])]);
         let resp = client.call(&req, 7).await.unwrap();
         let p = &resp.topics[0].partitions[0];
-        (p.error_code, p.offset)
+        (p.error_code, p.offset, p.leader_epoch)
     }
 
     let topic = "trimmed";
@@ -843,7 +844,7 @@ fn delete_records_waits_until_the_in_sync_replicas_have_deleted() {
     );
     assert_eq!(
         block_on(earliest(&addr, topic)),
-        (0, DELETE_BELOW),
+        (0, DELETE_BELOW, state.epoch),
         "the leader's deletion stands"
     );
     // Once the paused follower has left the ISR the low watermark covers the offset.
@@ -864,13 +865,18 @@ fn delete_records_waits_until_the_in_sync_replicas_have_deleted() {
         partition_state(&c, via, topic, 0).filter(|s| s.leader > 0 && s.leader as u64 != leader)
     });
     let new_addr = c.client(moved.leader as u64);
-    let start = settle(&c, "the new leader answers ListOffsets", || {
-        let (code, offset) = block_on(earliest(&new_addr, topic));
-        (code == 0).then_some(offset)
+    let (start, epoch) = settle(&c, "the new leader answers ListOffsets", || {
+        let (code, offset, epoch) = block_on(earliest(&new_addr, topic));
+        (code == 0).then_some((offset, epoch))
     });
     assert_eq!(
         start, DELETE_BELOW,
         "the new leader {} serves deleted records",
         moved.leader
+    );
+    assert!(moved.epoch > state.epoch, "{moved:?} {state:?}");
+    assert_eq!(
+        epoch, state.epoch,
+        "the epoch of the earliest offset, written before the leader moved"
     );
 }

@@ -123,6 +123,16 @@ impl EpochCache {
         }
     }
 
+    /// The epoch the batch at `offset` was written in: the latest entry starting at
+    /// or before it (Kafka's `epochForOffset`); `None` below every entry.
+    pub(crate) fn epoch_for(&self, offset: i64) -> Option<i32> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.start_offset <= offset)
+            .map(|e| e.epoch)
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut text = format!("{EPOCH_CHECKPOINT_VERSION}\n{}\n", self.entries.len());
         for e in &self.entries {
@@ -197,6 +207,12 @@ impl Log {
     /// The latest leader epoch in the log, if any batch carries one.
     pub fn latest_epoch(&self) -> Option<i32> {
         self.epochs.latest_epoch()
+    }
+
+    /// The leader epoch of the batch holding `offset`, from the epoch cache; `None`
+    /// when no entry covers it.
+    pub fn epoch_for_offset(&self, offset: i64) -> Option<i32> {
+        self.epochs.epoch_for(offset)
     }
 
     /// The epoch cache entries, oldest first.
@@ -358,6 +374,17 @@ mod tests {
             EpochCache::default().end_offset_for(0, 40),
             (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)
         );
+    }
+
+    #[test]
+    fn epoch_for_an_offset_is_the_latest_starting_at_or_before_it() {
+        let c = cache(&[(1, 5), (3, 10), (4, 25)]);
+        assert_eq!(c.epoch_for(4), None);
+        assert_eq!(c.epoch_for(5), Some(1));
+        assert_eq!(c.epoch_for(24), Some(3));
+        assert_eq!(c.epoch_for(25), Some(4));
+        assert_eq!(c.epoch_for(1_000), Some(4));
+        assert_eq!(EpochCache::default().epoch_for(0), None);
     }
 
     #[test]
