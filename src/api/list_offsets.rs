@@ -426,6 +426,70 @@ mod tests {
         buf.freeze()
     }
 
+    /// A new leader whose high watermark is still below the start of its epoch (its
+    /// followers have not fetched in it yet) answers the latest offset, and a time
+    /// whose record lies past the high watermark, OFFSET_NOT_AVAILABLE; once a follower
+    /// fetches to the log end both are answered. Offsets written in the old epoch
+    /// carry that epoch.
+    #[test]
+    fn a_new_leader_below_its_epoch_start_answers_offset_not_available() {
+        use std::path::Path;
+
+        use keel_storage::fs::{FaultyFs, Filesystem};
+        use keel_storage::{Log, LogConfig};
+
+        use crate::config::FlushPolicy;
+        use crate::replication::partition::ReplicaSettings;
+
+        const NODE: i32 = 1;
+        const FOLLOWER: i32 = 2;
+        const T0: i64 = 1_000;
+        let fs: Arc<dyn Filesystem> = Arc::new(FaultyFs::new());
+        let (log, _) =
+            Log::open(fs, Path::new("/data/t-0"), LogConfig::default(), 0, 0).expect("open");
+        let p = Partition::new(
+            "t".into(),
+            uuid::Uuid::nil(),
+            0,
+            log,
+            0,
+            ReplicaSettings {
+                node_id: NODE,
+                policy: FlushPolicy::Interval,
+                lag_time_max_ms: 10_000,
+                min_insync_replicas: 1,
+            },
+        );
+        assert!(p.become_follower(FOLLOWER, 3));
+        let batch = BatchBuilder::new(10, 10)
+            .leader_epoch(3)
+            .timestamp(T0)
+            .build();
+        p.append_as_follower(3, &batch, 0)
+            .expect("follower")
+            .expect("append");
+        p.update_follower_high_watermark(3, 5);
+        p.become_leader(4, 2, vec![NODE, FOLLOWER], vec![NODE, FOLLOWER], 0);
+        assert_eq!((p.high_watermark(), p.epoch_start_offset()), (5, Some(10)));
+
+        let not_available = Err(ResponseError::OffsetNotAvailable);
+        assert_eq!(lookup(&p, LATEST_TIMESTAMP), not_available);
+        assert_eq!(lookup(&p, T0 + 7), not_available);
+        assert_eq!(lookup(&p, MAX_TIMESTAMP), not_available);
+        assert_eq!(lookup(&p, T0 + 2), Ok(Some((2, T0 + 2))));
+        assert_eq!(lookup(&p, EARLIEST_TIMESTAMP), Ok(Some((0, -1))));
+
+        p.on_follower_fetch(FOLLOWER, 10, 0, 1);
+        assert_eq!(p.high_watermark(), 10);
+        assert_eq!(lookup(&p, LATEST_TIMESTAMP), Ok(Some((10, -1))));
+        assert_eq!(lookup(&p, T0 + 7), Ok(Some((7, T0 + 7))));
+        assert_eq!(lookup(&p, MAX_TIMESTAMP), Ok(Some((9, T0 + 9))));
+        assert_eq!(lookup(&p, T0 + 10), Ok(None), "no record that late");
+        let log = p.log();
+        assert_eq!(log.epoch_for_offset(7), Some(3));
+        assert_eq!(log.epoch_for_offset(10), Some(4));
+    }
+
     #[test]
     fn lookups_read_every_codec() {
         for codec in [
