@@ -145,12 +145,17 @@ pub enum PersistReason {
     /// The join phase ended with no members: `generation` is empty.
     EmptyGeneration { generation: i32 },
     /// A static member rejoined a stable group under a new member id; it is answered
-    /// once stored. `previous_leader` is what it is told the leader is, so a rejoining
-    /// static leader does not reassign.
+    /// once stored. `previous_leader` is what a client below JoinGroup v9 is told the
+    /// leader is, so a rejoining static leader does not reassign; from v9 a rejoining
+    /// leader is told it leads, with the members, and to skip the assignment
+    /// (`skip_assignment`, KIP-814). `replaced` is the member as it was, put back if
+    /// the write fails (the old incarnation keeps its place, as in Kafka).
     StaticMemberReplaced {
         member_id: String,
         generation: i32,
         previous_leader: String,
+        skip_assignment: bool,
+        replaced: Box<Member>,
     },
 }
 

@@ -377,6 +377,11 @@ impl Group {
         if member.awaiting_sync {
             out.push(Output::Sync(old_id.clone(), SyncResult::error(fenced)));
         }
+        let replaced = Box::new(Member {
+            awaiting_join: false,
+            awaiting_sync: false,
+            ..member.clone()
+        });
         member.member_id = new_id.clone();
         member.protocols = req.protocols.clone();
         member.rebalance_timeout_ms = req.rebalance_timeout_ms;
@@ -403,6 +408,8 @@ impl Group {
                         member_id: new_id.clone(),
                         generation: self.generation,
                         previous_leader,
+                        skip_assignment: req.supports_skip_assignment && self.is_leader(&new_id),
+                        replaced,
                     }));
                 } else {
                     self.prepare_rebalance(now_ms, &mut out);
@@ -411,8 +418,29 @@ impl Group {
             GroupState::CompletingRebalance => self.prepare_rebalance(now_ms, &mut out),
             _ => self.maybe_complete_join(now_ms, &mut out),
         }
-        let _ = req.supports_skip_assignment;
         (Reply::Wait(new_id), out)
+    }
+
+    /// Undoes a static member's replacement whose write failed: the new member id
+    /// goes, the old incarnation is back under its id, leading if it led.
+    fn restore_static_member(&mut self, new_id: &str, replaced: &Member) {
+        let Some(instance) = replaced.instance_id.clone() else {
+            return;
+        };
+        if self.static_members.get(&instance).map(String::as_str) != Some(new_id) {
+            return;
+        }
+        self.members.remove(new_id);
+        self.members
+            .insert(replaced.member_id.clone(), replaced.clone());
+        self.static_members
+            .insert(instance, replaced.member_id.clone());
+        if self.leader.as_deref() == Some(new_id) {
+            self.leader = Some(replaced.member_id.clone());
+        }
+        if self.pending_sync.remove(new_id) {
+            self.pending_sync.insert(replaced.member_id.clone());
+        }
     }
 
     fn maybe_prepare_rebalance_or_complete_join(&mut self, now_ms: i64, out: &mut Vec<Output>) {
@@ -815,6 +843,8 @@ impl Group {
                 member_id,
                 generation,
                 previous_leader,
+                skip_assignment,
+                replaced,
             } => {
                 let Some(m) = self.members.get_mut(member_id) else {
                     return out;
@@ -825,11 +855,20 @@ impl Group {
                 m.awaiting_join = false;
                 m.heartbeat_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
                 let answer = match result {
+                    Ok(()) if *skip_assignment => JoinResult {
+                        skip_assignment: true,
+                        ..self.join_result(member_id, true)
+                    },
                     Ok(()) => JoinResult {
                         leader: previous_leader.clone(),
                         ..self.join_result(member_id, false)
                     },
-                    Err(e) => JoinResult::error(member_id, group_write_error(e)),
+                    Err(e) => {
+                        if self.state == GroupState::Stable {
+                            self.restore_static_member(member_id, replaced);
+                        }
+                        JoinResult::error(member_id, group_write_error(e))
+                    }
                 };
                 out.push(Output::Join(member_id.clone(), answer));
             }

@@ -512,6 +512,90 @@ fn stable_group_of_one_static_member() -> Group {
     g
 }
 
+/// KIP-814: a static leader restarting with JoinGroup v9 is told it leads, with the
+/// members, and to skip the assignment; the group stays in its generation and the
+/// leader's SyncGroup gets the assignment it had.
+#[test]
+fn a_static_leader_rejoining_with_v9_is_told_it_leads_and_to_skip_the_assignment() {
+    let mut g = stable_group_of_one_static_member();
+    let mut req = join_req("", &["range"]);
+    req.instance_id = Some("host-1".into());
+    req.session_timeout_ms = STATIC_SESSION_MS as i32;
+    req.supports_skip_assignment = true;
+    let (reply, out) = g.join(req, "host-1-bbb".into(), 5_000);
+    assert_eq!(reply, Reply::Wait("host-1-bbb".into()));
+    let reasons = persists(&out);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    let answered = joins(&g.persisted(&reasons[0], Ok(()), 5_001));
+    assert_eq!(answered.len(), 1);
+    let r = &answered[0].1;
+    assert!(r.skip_assignment, "{r:?}");
+    assert_eq!((r.leader.as_str(), r.generation), ("host-1-bbb", 1));
+    assert_eq!(
+        r.members
+            .iter()
+            .map(|m| m.member_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["host-1-bbb"]
+    );
+    assert_eq!(g.state(), GroupState::Stable);
+    match g
+        .sync("host-1-bbb", Some("host-1"), 1, None, None, vec![], 5_002)
+        .0
+    {
+        Reply::Now(r) => assert_eq!(r.error, None, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((g.state(), g.generation()), (GroupState::Stable, 1));
+}
+
+/// A static member's replacement whose write fails is undone, as in Kafka: the new
+/// member id is fenced (unknown without the instance id), and the old incarnation
+/// keeps its id, its leadership and its assignment.
+#[test]
+fn a_static_replacement_whose_write_fails_leaves_the_old_incarnation_in_place() {
+    let mut g = Group::new("g", LIMITS, 0);
+    let mut req = join_req("", &["range"]);
+    req.instance_id = Some("host-1".into());
+    req.session_timeout_ms = STATIC_SESSION_MS as i32;
+    let _ = g.join(req.clone(), "host-1-aaa".into(), 0);
+    let (_, out) = g.sync(
+        "host-1-aaa",
+        Some("host-1"),
+        1,
+        None,
+        None,
+        vec![("host-1-aaa".into(), Bytes::from_static(b"p0"))],
+        1,
+    );
+    let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
+
+    let (_, out) = g.join(req, "host-1-bbb".into(), 5_000);
+    let reasons = persists(&out);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    let answered = joins(&g.persisted(&reasons[0], Err(GroupError::NotCoordinator), 5_001));
+    assert_eq!(answered.len(), 1);
+    assert!(answered[0].1.error.is_some(), "{answered:?}");
+    assert_eq!(g.state(), GroupState::Stable);
+    assert_eq!(g.leader(), Some("host-1-aaa"));
+    assert_eq!(g.heartbeat("host-1-aaa", Some("host-1"), 1, 5_002), Ok(()));
+    assert!(matches!(
+        g.heartbeat("host-1-bbb", Some("host-1"), 1, 5_002),
+        Err(GroupError::FencedInstanceId { .. })
+    ));
+    assert!(matches!(
+        g.heartbeat("host-1-bbb", None, 1, 5_002),
+        Err(GroupError::UnknownMemberId(_))
+    ));
+    match g
+        .sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 5_003)
+        .0
+    {
+        Reply::Now(r) => assert_eq!(r.assignment, Bytes::from_static(b"p0")),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_static_member_absent_from_a_rebalance_keeps_its_place_until_its_session_ends() {
     let mut g = stable_group_of_one_static_member();
