@@ -1855,6 +1855,23 @@ fn fuzz_corpus() -> Vec<Vec<u8>> {
         1,
         9,
     ));
+    // A broker resource: the receiving broker's own checks (node id, static keys)
+    // before the controller's. The config is one keel does not know, so no mutation
+    // of it is likely to land on a setting that changes how logs are kept.
+    c.push(encode_request(
+        &IncrementalAlterConfigsRequest::default().with_validate_only(true).with_resources(vec![
+            kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(StrBytes::from_static_str(""))
+                .with_configs(vec![
+                    kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("sasl.kerberos.min.time.before.relogin"))
+                        .with_value(Some(StrBytes::from_static_str("58000"))),
+                ]),
+        ]),
+        1,
+        14,
+    ));
     c.push(encode_request(
         &CreatePartitionsRequest::default()
             .with_validate_only(true)
