@@ -190,6 +190,12 @@ impl FetchSessionCache {
                 }
             }
         }
+        if session.partitions.is_empty() {
+            // Nothing left to fetch: the session closes and this fetch is sessionless
+            // (answered with session id 0), as in Kafka's FetchManager.
+            inner.sessions.remove(&session_id);
+            return SessionUse::Full { session_id: 0 };
+        }
         SessionUse::Incremental {
             session_id,
             partitions: session.partitions.clone(),
@@ -311,6 +317,17 @@ mod tests {
         assert!(matches!(
             cache.begin(session_id, 2, vec![], &[]),
             SessionUse::Error(ResponseError::InvalidFetchSessionEpoch)
+        ));
+        // Forgetting the last partition closes the session; the fetch is sessionless.
+        assert_eq!(cache.len(), 1);
+        assert!(matches!(
+            cache.begin(session_id, 3, vec![], &[(TopicKey::Name("a".into()), 0)]),
+            SessionUse::Full { session_id: 0 }
+        ));
+        assert_eq!(cache.len(), 0);
+        assert!(matches!(
+            cache.begin(session_id, 4, vec![], &[]),
+            SessionUse::Error(ResponseError::FetchSessionIdNotFound)
         ));
     }
 
