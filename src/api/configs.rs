@@ -155,7 +155,7 @@ pub fn describe_configs(
                                 let mut c = DescribeConfigsResourceResult::default()
                                     .with_name(sb(k.name))
                                     .with_value(Some(sb(value)))
-                                    .with_read_only(!k.name.starts_with("log."))
+                                    .with_read_only(is_static_only(k.name))
                                     .with_config_source(source as i8)
                                     .with_synonyms(synonyms(&chain));
                                 if version >= 3 && req.include_documentation {

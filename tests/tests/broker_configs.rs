@@ -131,6 +131,17 @@ fn broker_config_changes_are_checked_like_kafka_and_take_effect() {
             .unwrap();
         let built_in = broker_retention(&mut c).await;
         assert_eq!(built_in.1, SOURCE_DEFAULT, "{built_in:?}");
+        // What can change at run time is what DescribeConfigs calls not read-only.
+        for (key, read_only) in [
+            ("log.retention.ms", false),
+            ("min.insync.replicas", false),
+            ("message.max.bytes", false),
+            ("node.id", true),
+            ("log.flush.policy", true),
+        ] {
+            let r = describe(&mut c, RESOURCE_BROKER, NODE_ID, key).await;
+            assert_eq!(r.read_only, read_only, "{key}");
+        }
 
         // A value the synonym's topic config refuses, cluster-wide and per broker.
         for target in ["", NODE_ID] {
