@@ -16,14 +16,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use keel_raft::image::MetadataImage;
 
 use super::fetch_session::{Sent, SessionPartition, SessionUse, TopicKey};
-use super::{encode, sb, Pending, Reply};
+use super::{client_endpoint, encode, sb, Pending, Reply};
 use crate::broker::Broker;
 use crate::errors;
 use crate::protocol::segmented::{encode_response_sharing, SHARE_MIN_BYTES};
@@ -34,6 +36,10 @@ use keel_storage::ReadPlan;
 
 /// Versions served.
 pub const VERSIONS: VersionRange = VersionRange { min: 4, max: 16 };
+/// First version whose partitions name the current leader after a leadership error.
+const FIRST_VERSION_LEADER_HINT: i16 = 12;
+/// First version whose responses carry the endpoints of the leaders they name (KIP-951).
+const FIRST_VERSION_NODE_ENDPOINTS: i16 = 16;
 
 /// isolation_level value of read_committed consumers.
 const READ_COMMITTED: i8 = 1;
@@ -172,6 +178,10 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
             .collect();
         let mut topics: Vec<FetchableTopicResponse> = Vec::new();
         let mut sent = Vec::new();
+        // Leadership may have moved while the fetch waited: hints come from the
+        // newest image.
+        let hints_from = broker.image();
+        let mut endpoints: Vec<NodeEndpoint> = Vec::new();
         for (target, out) in targets.iter().zip(gathered.partitions) {
             let had_records = out.records.as_ref().is_some_and(|r| !r.is_empty());
             let changed = had_records
@@ -196,6 +206,16 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
                 had_records,
             });
             let mut data = PartitionData::default();
+            if version >= FIRST_VERSION_LEADER_HINT {
+                if let Some(leader) = leader_hint(&hints_from, target, out.error) {
+                    if version >= FIRST_VERSION_NODE_ENDPOINTS
+                        && !endpoints.iter().any(|e| e.node_id == leader.leader_id)
+                    {
+                        endpoints.extend(node_endpoint(&hints_from, leader.leader_id.0));
+                    }
+                    data.current_leader = leader;
+                }
+            }
             if let Some((epoch, end_offset)) = target.diverging {
                 data.diverging_epoch.epoch = epoch;
                 data.diverging_epoch.end_offset = end_offset;
@@ -231,7 +251,8 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
         broker.fetch_sessions.record_sent(session_id, &sent);
         let resp = FetchResponse::default()
             .with_session_id(session_id)
-            .with_responses(topics);
+            .with_responses(topics)
+            .with_node_endpoints(endpoints);
         if shared.is_empty() {
             return encode(&ctx, &resp);
         }
@@ -244,6 +265,37 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
             }
         }
     })
+}
+
+/// The partition's current leader for a NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH
+/// answer (KIP-951), so the client goes there without a Metadata round trip.
+fn leader_hint(image: &MetadataImage, target: &Target, error: i16) -> Option<LeaderIdAndEpoch> {
+    let leadership_error = error == ResponseError::NotLeaderOrFollower.code()
+        || error == ResponseError::FencedLeaderEpoch.code();
+    if !leadership_error {
+        return None;
+    }
+    let meta = image
+        .topic_by_name(&target.name)?
+        .partitions
+        .get(&target.req.partition)?;
+    (meta.leader >= 0).then(|| {
+        LeaderIdAndEpoch::default()
+            .with_leader_id(meta.leader.into())
+            .with_leader_epoch(meta.leader_epoch)
+    })
+}
+
+/// The endpoint entry of broker `id` for a response that names it as a leader.
+fn node_endpoint(image: &MetadataImage, id: i32) -> Option<NodeEndpoint> {
+    let (host, port, rack) = client_endpoint(image, id)?;
+    Some(
+        NodeEndpoint::default()
+            .with_node_id(id.into())
+            .with_host(host)
+            .with_port(port)
+            .with_rack(rack),
+    )
 }
 
 /// Records each follower fetch on the leader's partition state (moving the high

@@ -84,3 +84,18 @@ pub fn encode<R: Encodable + HeaderVersion>(ctx: &RequestContext, body: &R) -> R
 pub fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
+
+/// Where clients reach broker `id`: (host, port, rack), if it is registered and not
+/// fenced. Leadership errors carry it for the leader they name (KIP-951).
+pub fn client_endpoint(
+    image: &keel_raft::image::MetadataImage,
+    id: i32,
+) -> Option<(StrBytes, i32, Option<StrBytes>)> {
+    let b = image.brokers.get(&id).filter(|b| !b.fenced)?;
+    let ep = b.endpoints.first()?;
+    Some((
+        sb(ep.host.clone()),
+        i32::from(ep.port),
+        b.rack.clone().map(sb),
+    ))
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::VersionRange;
@@ -25,7 +25,7 @@ use kafka_protocol::ResponseError;
 use keel_storage::batch::BatchHeader;
 use keel_storage::{AppendError, LeaderAppend};
 
-use super::{encode, produce_legacy, sb, Pending, Reply};
+use super::{client_endpoint, encode, produce_legacy, sb, Pending, Reply};
 use crate::broker::Broker;
 use crate::errors;
 use crate::group::OFFSETS_TOPIC;
@@ -40,6 +40,9 @@ pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 11 };
 
 /// The first Produce version that may carry zstd-compressed batches (KIP-110).
 const FIRST_ZSTD_VERSION: i16 = 7;
+/// First version whose responses carry the endpoints of the leaders named in
+/// NOT_LEADER_OR_FOLLOWER answers (KIP-951).
+const FIRST_VERSION_NODE_ENDPOINTS: i16 = 10;
 /// The zstd codec id in a batch's attributes.
 const ZSTD_CODEC: u8 = 4;
 
@@ -243,16 +246,66 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                     below_min_isr: false,
                 } => ResponseError::RequestTimedOut,
             };
-            let resp = &mut responses[w.topic].partition_responses[w.partition];
+            let topic = &mut responses[w.topic];
+            let resp = &mut topic.partition_responses[w.partition];
             tracing::debug!(
                 partition = resp.index,
                 end_offset = w.end_offset,
                 "appended but not acknowledged: {error:?}"
             );
             resp.error_code = error.code();
+            if error == ResponseError::NotLeaderOrFollower {
+                let image = broker.image();
+                if let Some(meta) = image
+                    .topic_by_name(topic.name.0.as_str())
+                    .and_then(|t| t.partitions.get(&resp.index))
+                {
+                    resp.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(meta.leader.into())
+                        .with_leader_epoch(meta.leader_epoch);
+                }
+            }
         }
-        reply(&ctx, ProduceResponse::default().with_responses(responses))
+        let endpoints = if ctx.api_version >= FIRST_VERSION_NODE_ENDPOINTS {
+            leader_endpoints(&broker, &responses)
+        } else {
+            Vec::new()
+        };
+        reply(
+            &ctx,
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(endpoints),
+        )
     })
+}
+
+/// The endpoints of the leaders that NOT_LEADER_OR_FOLLOWER answers name (KIP-951), so
+/// the client can send there without a Metadata round trip.
+fn leader_endpoints(broker: &Broker, responses: &[TopicProduceResponse]) -> Vec<NodeEndpoint> {
+    let image = broker.image();
+    let mut leaders: Vec<i32> = responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .filter(|p| p.error_code == ResponseError::NotLeaderOrFollower.code())
+        .map(|p| p.current_leader.leader_id.0)
+        .filter(|id| *id >= 0)
+        .collect();
+    leaders.sort_unstable();
+    leaders.dedup();
+    leaders
+        .into_iter()
+        .filter_map(|id| {
+            let (host, port, rack) = client_endpoint(&image, id)?;
+            Some(
+                NodeEndpoint::default()
+                    .with_node_id(id.into())
+                    .with_host(host)
+                    .with_port(port)
+                    .with_rack(rack),
+            )
+        })
+        .collect()
 }
 
 /// Whether any batch in `records` is zstd-compressed (batches that do not parse are

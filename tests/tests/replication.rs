@@ -667,7 +667,9 @@ fn leadership_returns_to_the_preferred_replica() {
 
 /// A long-poll Fetch waiting at a leader learns at once that leadership moved (as
 /// Kafka's DelayedFetch completes when its partition changes hands), instead of
-/// sleeping out its `max_wait_ms` and being answered as if nothing happened.
+/// sleeping out its `max_wait_ms` and being answered as if nothing happened. The
+/// answer names the new leader, and from Fetch v16 and Produce v10 gives its address
+/// (KIP-951), so a client needs no Metadata request to follow it.
 #[test]
 fn a_waiting_fetch_is_answered_when_leadership_moves() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -714,10 +716,8 @@ fn a_waiting_fetch_is_answered_when_leadership_moves() {
             let mut client = KafkaClient::connect(&addr, "waiting-fetch").await.unwrap();
             let started = Instant::now();
             let resp = client.call(&request, FETCH_BY_NAME).await.unwrap();
-            (
-                started.elapsed(),
-                resp.responses[0].partitions[0].error_code,
-            )
+            let p = &resp.responses[0].partitions[0];
+            (started.elapsed(), p.error_code, p.current_leader.clone())
         })
     });
     // Let the fetch park at the leader, then give leadership back to the preferred
@@ -734,7 +734,7 @@ fn a_waiting_fetch_is_answered_when_leadership_moves() {
         ])
         .unwrap();
     assert!(!out.contains("ElectionNotNeeded"), "{out}");
-    let (waited, error) = waiting.join().unwrap();
+    let (waited, error, hint) = waiting.join().unwrap();
     let answers = [
         ResponseError::NotLeaderOrFollower.code(),
         ResponseError::FencedLeaderEpoch.code(),
@@ -749,6 +749,81 @@ fn a_waiting_fetch_is_answered_when_leadership_moves() {
     );
     let now = partition_state(&c, via, topic, 0).unwrap();
     assert_eq!(now.leader as u64, preferred, "{now:?}");
+    // The answer names the new leader (KIP-951), and from v16 says where it is.
+    assert_eq!(
+        (hint.leader_id.0 as u64, hint.leader_epoch),
+        (preferred, now.epoch),
+        "leader hint of the parked fetch's answer"
+    );
+    let old_leader = c.client(leader);
+    let new_leader = c.client(preferred);
+    let (error, hint, endpoints) = block_on(async {
+        let mut client = KafkaClient::connect(&old_leader, "hinted-fetch")
+            .await
+            .unwrap();
+        let meta = client
+            .call(
+                &kafka_protocol::messages::MetadataRequest::default().with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_static_str(topic)))),
+                ])),
+                12,
+            )
+            .await
+            .unwrap();
+        let request = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1024 * 1024)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic_id(meta.topics[0].topic_id)
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(moved.epoch)
+                    .with_partition_max_bytes(1024 * 1024)])]);
+        let resp = client.call(&request, 16).await.unwrap();
+        let p = &resp.responses[0].partitions[0];
+        (p.error_code, p.current_leader.clone(), resp.node_endpoints)
+    });
+    assert!(
+        answers.contains(&error),
+        "v16 fetch at the old leader: {error}"
+    );
+    assert_eq!(hint.leader_id.0 as u64, preferred);
+    assert_eq!(
+        endpoints
+            .iter()
+            .map(|e| (e.node_id.0 as u64, format!("{}:{}", e.host, e.port)))
+            .collect::<Vec<_>>(),
+        vec![(preferred, new_leader.clone())]
+    );
+    // A produce there is told the same (Produce v10+).
+    let (error, hint, endpoints) = block_on(async {
+        let mut client = KafkaClient::connect(&old_leader, "hinted-produce")
+            .await
+            .unwrap();
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(BatchBuilder::new(1, 8).build())))])]);
+        let resp = client.call(&req, 11).await.unwrap();
+        let p = &resp.responses[0].partition_responses[0];
+        (p.error_code, p.current_leader.clone(), resp.node_endpoints)
+    });
+    assert_eq!(error, ResponseError::NotLeaderOrFollower.code());
+    assert_eq!(hint.leader_id.0 as u64, preferred);
+    assert_eq!(
+        endpoints
+            .iter()
+            .map(|e| (e.node_id.0 as u64, format!("{}:{}", e.host, e.port)))
+            .collect::<Vec<_>>(),
+        vec![(preferred, new_leader)]
+    );
     // An election over every partition reports only those it had to elect: none now.
     let all = block_on(async {
         let mut client = KafkaClient::connect(&c.client(via), "elect-all")
