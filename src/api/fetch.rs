@@ -179,8 +179,8 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
         let mut topics: Vec<FetchableTopicResponse> = Vec::new();
         let mut sent = Vec::new();
         // Leadership may have moved while the fetch waited: hints come from the
-        // newest image.
-        let hints_from = broker.image();
+        // newest image, taken only when an answer needs one.
+        let mut hints_from: Option<Arc<MetadataImage>> = None;
         let mut endpoints: Vec<NodeEndpoint> = Vec::new();
         for (target, out) in targets.iter().zip(gathered.partitions) {
             let had_records = out.records.as_ref().is_some_and(|r| !r.is_empty());
@@ -206,12 +206,13 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
                 had_records,
             });
             let mut data = PartitionData::default();
-            if version >= FIRST_VERSION_LEADER_HINT {
-                if let Some(leader) = leader_hint(&hints_from, target, out.error) {
+            if version >= FIRST_VERSION_LEADER_HINT && is_leadership_error(out.error) {
+                let image = hints_from.get_or_insert_with(|| broker.image());
+                if let Some(leader) = leader_hint(image, target) {
                     if version >= FIRST_VERSION_NODE_ENDPOINTS
                         && !endpoints.iter().any(|e| e.node_id == leader.leader_id)
                     {
-                        endpoints.extend(node_endpoint(&hints_from, leader.leader_id.0));
+                        endpoints.extend(node_endpoint(image, leader.leader_id.0));
                     }
                     data.current_leader = leader;
                 }
@@ -267,14 +268,15 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: FetchRequest) -> Pe
     })
 }
 
-/// The partition's current leader for a NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH
-/// answer (KIP-951), so the client goes there without a Metadata round trip.
-fn leader_hint(image: &MetadataImage, target: &Target, error: i16) -> Option<LeaderIdAndEpoch> {
-    let leadership_error = error == ResponseError::NotLeaderOrFollower.code()
-        || error == ResponseError::FencedLeaderEpoch.code();
-    if !leadership_error {
-        return None;
-    }
+/// Whether an answer's error says the client should look for another leader.
+fn is_leadership_error(error: i16) -> bool {
+    error == ResponseError::NotLeaderOrFollower.code()
+        || error == ResponseError::FencedLeaderEpoch.code()
+}
+
+/// The partition's current leader for a leadership error (KIP-951), so the client goes
+/// there without a Metadata round trip.
+fn leader_hint(image: &MetadataImage, target: &Target) -> Option<LeaderIdAndEpoch> {
     let meta = image
         .topic_by_name(&target.name)?
         .partitions

@@ -500,14 +500,25 @@ fn a_timed_out_assignment_write_is_coordinator_not_available_to_the_syncs() {
 /// Session timeout of the static member of [`stable_group_of_one_static_member`].
 const STATIC_SESSION_MS: i64 = 120_000;
 
-/// A stable group whose one member is static (`host-1`, member id `host-1-aaa`).
-fn stable_group_of_one_static_member() -> Group {
-    let mut g = Group::new("g", LIMITS, 0);
+/// What the static member of [`stable_group_of_one_static_member`] is assigned.
+const STATIC_ASSIGNMENT: &[u8] = b"p0";
+
+/// A JoinGroup of the static member `host-1` without a member id (a first join, or a
+/// restart).
+fn static_join_req() -> JoinRequest {
     let mut req = join_req("", &["range"]);
     req.instance_id = Some("host-1".into());
     req.session_timeout_ms = STATIC_SESSION_MS as i32;
-    let _ = g.join(req, "host-1-aaa".into(), 0);
-    let (_, out) = g.sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 1);
+    req
+}
+
+/// A stable group whose one member is static (`host-1`, member id `host-1-aaa`),
+/// assigned [`STATIC_ASSIGNMENT`].
+fn stable_group_of_one_static_member() -> Group {
+    let mut g = Group::new("g", LIMITS, 0);
+    let _ = g.join(static_join_req(), "host-1-aaa".into(), 0);
+    let assignment = vec![("host-1-aaa".into(), Bytes::from_static(STATIC_ASSIGNMENT))];
+    let (_, out) = g.sync("host-1-aaa", Some("host-1"), 1, None, None, assignment, 1);
     let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
     g
 }
@@ -518,9 +529,7 @@ fn stable_group_of_one_static_member() -> Group {
 #[test]
 fn a_static_leader_rejoining_with_v9_is_told_it_leads_and_to_skip_the_assignment() {
     let mut g = stable_group_of_one_static_member();
-    let mut req = join_req("", &["range"]);
-    req.instance_id = Some("host-1".into());
-    req.session_timeout_ms = STATIC_SESSION_MS as i32;
+    let mut req = static_join_req();
     req.supports_skip_assignment = true;
     let (reply, out) = g.join(req, "host-1-bbb".into(), 5_000);
     assert_eq!(reply, Reply::Wait("host-1-bbb".into()));
@@ -554,23 +563,8 @@ fn a_static_leader_rejoining_with_v9_is_told_it_leads_and_to_skip_the_assignment
 /// keeps its id, its leadership and its assignment.
 #[test]
 fn a_static_replacement_whose_write_fails_leaves_the_old_incarnation_in_place() {
-    let mut g = Group::new("g", LIMITS, 0);
-    let mut req = join_req("", &["range"]);
-    req.instance_id = Some("host-1".into());
-    req.session_timeout_ms = STATIC_SESSION_MS as i32;
-    let _ = g.join(req.clone(), "host-1-aaa".into(), 0);
-    let (_, out) = g.sync(
-        "host-1-aaa",
-        Some("host-1"),
-        1,
-        None,
-        None,
-        vec![("host-1-aaa".into(), Bytes::from_static(b"p0"))],
-        1,
-    );
-    let _ = g.persisted(&persists(&out)[0], Ok(()), 1);
-
-    let (_, out) = g.join(req, "host-1-bbb".into(), 5_000);
+    let mut g = stable_group_of_one_static_member();
+    let (_, out) = g.join(static_join_req(), "host-1-bbb".into(), 5_000);
     let reasons = persists(&out);
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     let answered = joins(&g.persisted(&reasons[0], Err(GroupError::NotCoordinator), 5_001));
@@ -591,7 +585,7 @@ fn a_static_replacement_whose_write_fails_leaves_the_old_incarnation_in_place() 
         .sync("host-1-aaa", Some("host-1"), 1, None, None, vec![], 5_003)
         .0
     {
-        Reply::Now(r) => assert_eq!(r.assignment, Bytes::from_static(b"p0")),
+        Reply::Now(r) => assert_eq!(r.assignment, Bytes::from_static(STATIC_ASSIGNMENT)),
         other => panic!("{other:?}"),
     }
 }
