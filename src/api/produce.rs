@@ -103,9 +103,7 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 partitions.push(fail(resp, err));
                 continue;
             };
-            let hint = LeaderIdAndEpoch::default()
-                .with_leader_id(meta.leader.into())
-                .with_leader_epoch(meta.leader_epoch);
+            let hint = leader_hint(meta.leader, meta.leader_epoch);
             // A refusal before the append: the batch's successors may arrive once the
             // condition has cleared (see `txn::refusals`).
             let refused_batches = data.records.clone(); // a reference count, not a copy
@@ -238,7 +236,13 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
         for w in waiters {
             let error = match w.replica.wait_acknowledgeable(w.end_offset, deadline).await {
                 AckOutcome::Acked => continue,
-                AckOutcome::NotLeader => ResponseError::NotLeaderOrFollower,
+                // Appended here, then leadership moved before the batch was
+                // acknowledged: it may or may not survive. NOT_LEADER_OR_FOLLOWER
+                // would tell librdkafka it was not written (and a client that then
+                // gives up reports a written record as failed); a timeout says
+                // "unknown", and the leader hint still sends the retry to the new
+                // leader, where the idempotent retry is recognised.
+                AckOutcome::NotLeader => ResponseError::RequestTimedOut,
                 AckOutcome::TimedOut {
                     below_min_isr: true,
                 } => ResponseError::NotEnoughReplicasAfterAppend,
@@ -254,15 +258,13 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
                 "appended but not acknowledged: {error:?}"
             );
             resp.error_code = error.code();
-            if error == ResponseError::NotLeaderOrFollower {
+            if !w.replica.is_leader() {
                 let image = broker.image();
                 if let Some(meta) = image
                     .topic_by_name(topic.name.0.as_str())
                     .and_then(|t| t.partitions.get(&resp.index))
                 {
-                    resp.current_leader = LeaderIdAndEpoch::default()
-                        .with_leader_id(meta.leader.into())
-                        .with_leader_epoch(meta.leader_epoch);
+                    resp.current_leader = leader_hint(meta.leader, meta.leader_epoch);
                 }
             }
         }
@@ -280,14 +282,26 @@ pub fn handle(broker: Arc<Broker>, ctx: RequestContext, req: ProduceRequest) -> 
     })
 }
 
-/// The endpoints of the leaders that NOT_LEADER_OR_FOLLOWER answers name (KIP-951), so
-/// the client can send there without a Metadata round trip.
+/// The current leader an answer names (KIP-951). A partition without a leader gets the
+/// default (-1, -1), which is left off the wire, as Kafka does: a hint of leader -1 would
+/// only make librdkafka look for a broker that does not exist.
+fn leader_hint(leader: i32, leader_epoch: i32) -> LeaderIdAndEpoch {
+    if leader < 0 {
+        return LeaderIdAndEpoch::default();
+    }
+    LeaderIdAndEpoch::default()
+        .with_leader_id(leader.into())
+        .with_leader_epoch(leader_epoch)
+}
+
+/// The endpoints of the leaders that the answers' hints name (KIP-951), so the client can
+/// send there without a Metadata round trip.
 fn leader_endpoints(broker: &Broker, responses: &[TopicProduceResponse]) -> Vec<NodeEndpoint> {
     let image = broker.image();
     let mut leaders: Vec<i32> = responses
         .iter()
         .flat_map(|t| &t.partition_responses)
-        .filter(|p| p.error_code == ResponseError::NotLeaderOrFollower.code())
+        .filter(|p| p.error_code != 0)
         .map(|p| p.current_leader.leader_id.0)
         .filter(|id| *id >= 0)
         .collect();

@@ -276,9 +276,15 @@ fn wait_identical_replicas(c: &Cluster, topic: &str, replicas: &[u64]) {
 /// A leader cut off from the other replicas and the controller by iptables cannot
 /// acknowledge acks=all writes; the majority elects a new leader that takes writes;
 /// after healing, the old leader truncates what it appended alone, catches up and
-/// rejoins the ISR, its log byte-identical to the others.
+/// rejoins the ISR, its log byte-identical to the others. A write it appended and was
+/// still waiting to acknowledge when it learned of the new leader is answered
+/// REQUEST_TIMED_OUT (outcome unknown), not NOT_LEADER_OR_FOLLOWER, which librdkafka
+/// takes to mean "not written".
 #[test]
 fn isolated_leader_cannot_acknowledge_and_truncates_after_healing() {
+    /// Longer than the election and the heal below take: the write is answered because
+    /// leadership moved, not because its time ran out.
+    const WAITING_PRODUCE_TIMEOUT_MS: i32 = 120_000;
     let topic = "isolated";
     let c = Cluster::start(42, &combined(3), SERVER_ARGS).unwrap();
     c.create_topic(1, topic, 1, 3).unwrap();
@@ -300,6 +306,20 @@ fn isolated_leader_cannot_acknowledge_and_truncates_after_healing() {
     cut.isolate(&c.ip(leader), &other_ips).unwrap();
 
     // The client still reaches the old leader, which still believes it leads.
+    let waiting = {
+        let addr = c.client(leader);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let code = block_on(produce_raw(
+                &addr,
+                topic,
+                -1,
+                10,
+                WAITING_PRODUCE_TIMEOUT_MS,
+            ));
+            (code, started.elapsed())
+        })
+    };
     let mut refused = Vec::new();
     for _ in 0..3 {
         let code = block_on(produce_raw(&c.client(leader), topic, -1, 10, 3_000));
@@ -332,6 +352,16 @@ fn isolated_leader_cannot_acknowledge_and_truncates_after_healing() {
     produce_values(&c, work.path(), &majority, topic, &after);
 
     cut.heal();
+    let (code, waited) = waiting.join().unwrap();
+    assert_eq!(
+        (
+            code,
+            waited < Duration::from_millis(WAITING_PRODUCE_TIMEOUT_MS as u64 / 2)
+        ),
+        (ResponseError::RequestTimedOut.code(), true),
+        "answer to the write the old leader appended, after {waited:?}\n{}",
+        c.logs()
+    );
     wait_full_isr(&c, others[0], topic, 1);
     let dump = TopicDump::read(&servers, topic, 1).unwrap();
     let mut values: Vec<&str> = dump.at.values().map(String::as_str).collect();
