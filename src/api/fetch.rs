@@ -320,19 +320,6 @@ fn record_follower_fetches(broker: &Broker, targets: &[Target], follower: i32) {
     }
 }
 
-/// Where a follower's log parts from this leader's: its last fetched epoch ends here
-/// at a different epoch or before its fetch offset (Kafka's diverging-epoch check).
-fn divergence(replica: &Partition, req: &SessionPartition) -> Option<(i32, i64)> {
-    if req.last_fetched_epoch < 0 {
-        return None;
-    }
-    let (epoch, end) = replica.end_offset_for_epoch(req.last_fetched_epoch);
-    if epoch < 0 {
-        return None;
-    }
-    (epoch < req.last_fetched_epoch || end < req.fetch_offset).then_some((epoch, end))
-}
-
 fn resolve(
     broker: &Broker,
     image: &MetadataImage,
@@ -372,7 +359,7 @@ fn resolve(
         },
     };
     let diverging = match (&replica, follower) {
-        (Ok(r), Some(_)) => divergence(r, &req),
+        (Ok(r), Some(_)) => r.follower_divergence(req.last_fetched_epoch, req.fetch_offset),
         _ => None,
     };
     Target {

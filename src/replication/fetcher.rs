@@ -214,6 +214,9 @@ async fn run(shared: Arc<Shared>, leader: i32, ctx: Context) {
                         tracing::info!(leader, "replica fetcher connected again");
                     }
                     warned = false;
+                    // Connecting may have taken seconds, across a leadership change:
+                    // look at the work again rather than fetch for a stale list.
+                    continue;
                 }
                 Err(e) => {
                     if !warned {

@@ -497,6 +497,29 @@ impl Partition {
         self.log().end_offset_for_epoch(epoch)
     }
 
+    /// Where a follower's log parts from this leader's, judged from its fetch: its last
+    /// fetched epoch ends here at an earlier epoch or before its fetch offset (Kafka's
+    /// diverging-epoch check). An epoch this log does not know at all, newer than all of
+    /// its own, also diverges, answered `(-1, -1)`: the follower holds records of a
+    /// later leader, so its fetch offset says nothing about this log. (Found by
+    /// keel-faults: a follower's fetcher, reconnecting across a heal, sent an old
+    /// leader the log end it had reached under the new one, and the old leader counted
+    /// it as replication of its own divergent records and acknowledged them.)
+    pub fn follower_divergence(
+        &self,
+        last_fetched_epoch: i32,
+        fetch_offset: i64,
+    ) -> Option<(i32, i64)> {
+        if last_fetched_epoch < 0 {
+            return None;
+        }
+        let (epoch, end) = self.end_offset_for_epoch(last_fetched_epoch);
+        if epoch < 0 {
+            return Some((epoch, end));
+        }
+        (epoch < last_fetched_epoch || end < fetch_offset).then_some((epoch, end))
+    }
+
     /// Whether this replica follows in `epoch` (what the fetcher's work was for).
     fn follows_in(repl: &Replication, epoch: i32) -> bool {
         matches!(repl.role, Role::Follower { epoch: e, .. } if e == epoch)
@@ -894,6 +917,29 @@ mod tests {
             .iter()
             .map(|e| (e.epoch, e.start_offset))
             .collect()
+    }
+
+    #[test]
+    fn a_follower_naming_an_epoch_newer_than_the_leaders_diverges() {
+        let fs = Arc::new(FaultyFs::new());
+        let p = open(&fs);
+        p.become_leader(4, 2, vec![NODE, 2], vec![NODE, 2], 0);
+        let batch = BatchBuilder::new(10, 10).build();
+        p.append_as_leader(&batch, 0)
+            .expect("leader")
+            .expect("append");
+        assert_eq!(p.follower_divergence(-1, 3), None, "no epoch named");
+        assert_eq!(p.follower_divergence(4, 10), None, "caught up in epoch 4");
+        assert_eq!(
+            p.follower_divergence(4, 12),
+            Some((4, 10)),
+            "past epoch 4's end"
+        );
+        assert_eq!(
+            p.follower_divergence(5, 12),
+            Some((-1, -1)),
+            "records of a later leader: the fetch offset must not count"
+        );
     }
 
     #[test]
