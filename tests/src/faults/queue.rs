@@ -46,9 +46,13 @@ const PRODUCER_POLL_SLICE: Duration = Duration::from_millis(5);
 pub const PRODUCER_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// librdkafka's request.timeout.ms (also the Produce timeout an acks=all waits).
 const CLIENT_REQUEST_TIMEOUT_MS: u64 = 5_000;
-/// Environment variable naming librdkafka `debug` contexts for the producers (e.g.
-/// `eos`); their lines go to the harness's stderr.
+/// Environment variable naming librdkafka `debug` contexts for the producers and
+/// consumers (e.g. `eos`, `cgrp`); their lines go to the harness's stderr.
 const CLIENT_DEBUG_ENV: &str = "KEEL_FAULTS_CLIENT_DEBUG";
+/// How long closing a group consumer (leaving its group) may take before its worker
+/// gives up on it and goes on with a new consumer. librdkafka bounds each request of
+/// the close, but the close itself once waited forever (see `close_bounded`).
+const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest and longest time between a consumer's rewinds (assign mode).
 const REWIND_EVERY_MS: (u64, u64) = (4_000, 12_000);
 /// How often a group consumer commits its position.
@@ -226,13 +230,22 @@ fn producer_config(cfg: &QueueConfig) -> ClientConfig {
             "message.timeout.ms",
             cfg.message_timeout.as_millis().to_string(),
         );
-    if let Ok(contexts) = std::env::var(CLIENT_DEBUG_ENV) {
-        if !contexts.is_empty() {
-            c.set("debug", contexts)
-                .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
-        }
-    }
+    set_client_debug(&mut c);
     c
+}
+
+/// The librdkafka `debug` contexts named by `KEEL_FAULTS_CLIENT_DEBUG`, if any.
+fn client_debug() -> Option<String> {
+    std::env::var(CLIENT_DEBUG_ENV)
+        .ok()
+        .filter(|contexts| !contexts.is_empty())
+}
+
+fn set_client_debug(c: &mut ClientConfig) {
+    if let Some(contexts) = client_debug() {
+        c.set("debug", contexts)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
 }
 
 struct ProducerWorker {
@@ -350,6 +363,11 @@ struct ConsumerCtx {
     pending: Mutex<Vec<Record>>,
     /// Whether a poll operation is in progress (its `invoke` is recorded).
     in_poll: AtomicBool,
+    /// Set when this consumer's worker gave up on closing it and went on with a new
+    /// one: whatever this consumer still does stays out of the history.
+    abandoned: AtomicBool,
+    /// Whether librdkafka's log lines go to stderr (debug contexts were asked for).
+    log_to_stderr: bool,
 }
 
 impl ConsumerCtx {
@@ -367,6 +385,8 @@ impl ConsumerCtx {
             positions: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             in_poll: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+            log_to_stderr: client_debug().is_some(),
         }
     }
 
@@ -393,7 +413,18 @@ impl ConsumerCtx {
     }
 }
 
-impl ClientContext for ConsumerCtx {}
+impl ClientContext for ConsumerCtx {
+    /// librdkafka's own log lines, on the harness's stderr with the consumer's process
+    /// number, when `KEEL_FAULTS_CLIENT_DEBUG` names debug contexts.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if self.log_to_stderr {
+            eprintln!(
+                "librdkafka consumer {} {level:?} {fac}: {log_message}",
+                self.process
+            );
+        }
+    }
+}
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<AssignedPartition> {
     tpl.elements()
@@ -407,6 +438,9 @@ impl ConsumerContext for ConsumerCtx {
         let Some(group) = &self.group else {
             return;
         };
+        if self.abandoned.load(Ordering::Acquire) {
+            return;
+        }
         // Revoked partitions leave this consumer's positions (it must not commit them);
         // assigned ones start at the group's committed offset, which the history names
         // only through the group's commits.
@@ -448,6 +482,7 @@ fn consumer_config(cfg: &QueueConfig, group: &str, mode: ConsumerMode) -> Client
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
+    set_client_debug(&mut c);
     // With explicit assignment a correct broker never answers OFFSET_OUT_OF_RANGE for
     // an offset that was readable: make librdkafka tell us instead of silently
     // jumping (the runner counts these and seeks back explicitly). A group member
@@ -678,7 +713,7 @@ impl ConsumerWorker {
                     // rebalances twice, and partitions change hands.
                     next_restart = Instant::now() + self.restart_delay();
                     self.commit(&consumer)?;
-                    drop(consumer);
+                    close_bounded(consumer, &self.errors);
                     consumer = self.create()?;
                 }
                 ConsumerMode::Group if last_commit.elapsed() >= COMMIT_EVERY => {
@@ -688,6 +723,7 @@ impl ConsumerWorker {
                 _ => {}
             }
         }
+        close_bounded(consumer, &self.errors);
         Ok(())
     }
 
@@ -810,6 +846,40 @@ impl Workload {
     }
 }
 
+/// Closes `consumer` (for a group member: leaves the group) on a thread of its own and
+/// waits up to `CONSUMER_CLOSE_TIMEOUT` for it. librdkafka's close waits for the
+/// group to let the member go, and once never returned: in a 10-minute split-all run
+/// (seed 404) a member closing just after its coordinator had been killed and
+/// restarted stayed in the close for the rest of the run, and the run could not
+/// stop. A consumer that does not close in time is left to its thread, marked
+/// abandoned so nothing it does later enters the history, and counted among the
+/// client errors of the report.
+fn close_bounded(consumer: BaseConsumer<ConsumerCtx>, errors: &ClientErrors) {
+    let ctx = Arc::clone(consumer.context());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let closer = std::thread::Builder::new()
+        .name(format!("close-{}", ctx.process))
+        .spawn(move || {
+            drop(consumer);
+            // The receiver may have given up already; nothing to tell then.
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = closer {
+        errors.add(format!("consumer close: no thread: {e}"));
+        return;
+    }
+    if done_rx.recv_timeout(CONSUMER_CLOSE_TIMEOUT).is_err() {
+        ctx.abandoned.store(true, Ordering::Release);
+        tracing::warn!(
+            process = ctx.process,
+            "consumer did not close within {CONSUMER_CLOSE_TIMEOUT:?}; abandoned"
+        );
+        errors.add(format!(
+            "consumer close: not finished within {CONSUMER_CLOSE_TIMEOUT:?}, abandoned"
+        ));
+    }
+}
+
 fn join_all(handles: Vec<JoinHandle<anyhow::Result<()>>>, kind: &str) -> anyhow::Result<()> {
     let mut first_error = None;
     for (i, h) in handles.into_iter().enumerate() {
@@ -927,6 +997,7 @@ fn final_read(
             short.join(", ")
         ));
     }
+    close_bounded(consumer, errors);
     Ok(out)
 }
 
