@@ -50,8 +50,8 @@ const CLIENT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// consumers (e.g. `eos`, `cgrp`); their lines go to the harness's stderr.
 const CLIENT_DEBUG_ENV: &str = "KEEL_FAULTS_CLIENT_DEBUG";
 /// How long closing a group consumer (leaving its group) may take before its worker
-/// gives up on it and goes on with a new consumer. librdkafka bounds each request of
-/// the close, but the close itself once waited forever (see `close_bounded`).
+/// gives up on it and goes on with a new consumer: librdkafka's close has no bound of
+/// its own, and once never returned (see `close_bounded`).
 const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest and longest time between a consumer's rewinds (assign mode).
 const REWIND_EVERY_MS: (u64, u64) = (4_000, 12_000);
